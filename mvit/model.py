@@ -1,0 +1,474 @@
+"""MViTv2 for images (B, 3, H, W) and videos (B, 3, T, H, W): one implementation.
+
+Exact to the reference implementations (facebookresearch/SlowFast `video_model_builder.py`
++ `attention.py`, torchvision `mvit_v2_s`, timm `mvitv2_*`): the equivalence tests in
+tests/test_mvit_reference.py load their random-init weights and compare logits.
+
+Order of this file (timm style): architecture config -> helpers -> PatchEmbed ->
+MultiScaleAttention -> MultiScaleBlock -> MViT.
+
+Shape letters: B batch, N tokens, D width, h heads, c head width, T/H/W grid sizes.
+A "grid" is the token grid (t, h, w) for videos or (h, w) for images; tokens are always
+flattened in that order, with the optional class token first.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch.utils.checkpoint import checkpoint
+
+Grid = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MViTConfig:
+    """Architecture only: no run settings. Sizes for videos are (T, H, W), for images (H, W)."""
+
+    depths: tuple[int, ...] = (1, 2, 11, 2)  # blocks per stage
+    embed_dim: int = 96  # width of stage 1; doubles every stage
+    num_heads: int = 1  # heads of stage 1; double every stage
+    video: bool = True
+    input_size: Grid = (16, 224, 224)  # the size rel-pos tables / abs pos are made for
+    patch_kernel: Grid = (3, 7, 7)
+    patch_stride: Grid = (2, 4, 4)
+    patch_padding: Grid = (1, 3, 3)
+    pool_kernel: Grid = (3, 3, 3)  # depthwise conv pooling of q, k, v in every block
+    # q stride of the first block of stages 2, 3, ... (MaskFeat pretraining sets the last to 1s)
+    stage_q_strides: tuple[Grid, ...] = ((1, 2, 2), (1, 2, 2), (1, 2, 2))
+    kv_stride: Grid = (1, 8, 8)  # kv stride of block 0; divided by every q stride after it
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    dim_mul_in_att: bool = True  # True: widen in the first block's attention; False: in the last block's MLP
+    cls_token: bool = True
+    abs_pos: bool = False  # MViTv1-style absolute position embedding
+    rel_pos: bool = True  # decomposed relative position bias over h, w (and t for videos)
+    residual_pooling: bool = True
+    residual_pooling_cls: bool = False  # SlowFast/torchvision: False; timm / fb image MViTv2: True
+    norm_eps: float = 1e-6
+    drop_path_rate: float = 0.0
+    num_classes: int = 400  # 0: no head (pretraining form)
+    global_pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens)
+    fc_norm: bool = False  # True: LayerNorm after pooling (MaskFeat finetune head: mean -> norm)
+    final_norm: bool = True  # False: no final LayerNorm (MaskFeat pretraining form)
+    head_dropout: float = 0.0
+    head_init_scale: float = 1.0
+    mask_token: bool = False  # learnable token for masked patches (MaskFeat pretraining)
+
+    def __post_init__(self):
+        n = 3 if self.video else 2
+        for name in ("input_size", "patch_kernel", "patch_stride", "patch_padding", "pool_kernel", "kv_stride"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"MViTConfig.{name} needs {n} values for a {'video' if self.video else 'image'} model")
+        if len(self.stage_q_strides) != len(self.depths) - 1:
+            raise ValueError("MViTConfig.stage_q_strides needs one stride per stage after the first")
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"MViTConfig.global_pool must be 'token' or 'avg', not {self.global_pool!r}")
+        if self.global_pool == "token" and not self.cls_token:
+            raise ValueError("global_pool='token' needs cls_token=True")
+
+    @property
+    def depth(self) -> int:
+        return sum(self.depths)
+
+    def patch_grid(self, size: Grid) -> Grid:
+        """Token grid after the patch embed for an input of `size` ((T,) H, W)."""
+        return tuple((s + 2 * p - k) // st + 1 for s, k, st, p in
+                     zip(size, self.patch_kernel, self.patch_stride, self.patch_padding))
+
+    def block_layout(self) -> list[dict]:
+        """Per block: dim_in, dim_out, heads, q stride, kv stride (reference schedule).
+
+        Stage s has width embed_dim·2^s and num_heads·2^s heads. The first block of every
+        stage after the first pools q; the kv stride starts at `kv_stride` and is divided
+        (floor, min 1) by each q stride (SlowFast POOL_KV_STRIDE_ADAPTIVE).
+        """
+        n = len(self.input_size)
+        dims = [self.embed_dim * 2 ** s for s in range(len(self.depths))]
+        kv, layout = tuple(self.kv_stride), []
+        for s, d in enumerate(self.depths):
+            for j in range(d):
+                q = tuple(self.stage_q_strides[s - 1]) if (j == 0 and s > 0) else (1,) * n
+                kv = tuple(max(a // b, 1) for a, b in zip(kv, q))
+                if self.dim_mul_in_att:
+                    dim_in = dims[max(s - 1, 0)] if j == 0 else dims[s]
+                    dim_out = dims[s]
+                else:
+                    dim_in = dims[s]
+                    dim_out = dims[s + 1] if (j == d - 1 and s + 1 < len(dims)) else dims[s]
+                layout.append(dict(dim_in=dim_in, dim_out=dim_out, heads=self.num_heads * 2 ** s,
+                                   q_stride=q, kv_stride=kv))
+        return layout
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def pooled_grid(grid: Grid, kernel: Grid, stride: Grid) -> Grid:
+    """Grid after a pooling with padding kernel // 2 (the reference convention)."""
+    return tuple((g + 2 * (k // 2) - k) // s + 1 for g, k, s in zip(grid, kernel, stride))
+
+
+def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """(L, c) -> (length, c) by 1-D linear interpolation along L (reference `get_rel_pos`)."""
+    if table.shape[0] == length:
+        return table
+    # (L, c) -> (1, c, L) -> interpolate -> (length, c)
+    return F.interpolate(table.t()[None], size=length, mode="linear")[0].t()
+
+
+def rel_pos_index(q: int, k: int, device=None) -> torch.Tensor:
+    """(q, k) table rows for query i, key j: i·max(k/q,1) − j·max(q/k,1) + (k−1)·max(q/k,1)."""
+    q_ratio, k_ratio = max(k / q, 1.0), max(q / k, 1.0)
+    dist = (torch.arange(q, device=device)[:, None] * q_ratio
+            - torch.arange(k, device=device)[None, :] * k_ratio + (k - 1) * k_ratio)
+    return dist.long()
+
+
+def rel_pos_terms(q: torch.Tensor, q_grid: Grid, k_grid: Grid, tables: list) -> list[torch.Tensor]:
+    """Decomposed relative position terms, one per grid axis.
+
+    q: (B, h, Nq, c) patch-token queries (pooled and normed, not scaled); tables[a]: (L_a, c)
+    or None. Returns for each axis a with a table: (B, h, Nq, k_a), the logit bias q_i·R_a[i_a, j_a].
+    """
+    letters = "thw"[-len(q_grid):]
+    B, nh, _, c = q.shape
+    r_q = q.reshape(B, nh, *q_grid, c)  # (B, h, (t,) h, w, c)
+    terms = []
+    for a, table in enumerate(tables):
+        if table is None:
+            continue
+        R = resize_rel_pos(table, 2 * max(q_grid[a], k_grid[a]) - 1)
+        R = R[rel_pos_index(q_grid[a], k_grid[a], q.device)]  # (q_a, k_a, c)
+        g = letters
+        terms.append(torch.einsum(f"bn{g}c,{g[a]}kc->bn{g}k", r_q, R.to(q.dtype)).reshape(B, nh, -1, k_grid[a]))
+    return terms
+
+
+def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, tables: list, prefix: int) -> torch.Tensor:
+    """The additive attention bias of decomposed relative positions, class tokens excluded.
+
+    q: (B, h, prefix + Nq, c) -> (B, h, prefix + Nq, prefix + Nk); rows and columns of the
+    prefix (class) tokens are zero.
+    """
+    B, nh = q.shape[:2]
+    terms = rel_pos_terms(q[:, :, prefix:], q_grid, k_grid, tables)  # [(B, h, Nq, k_a)]
+    axes = [a for a, t in enumerate(tables) if t is not None]
+    n = len(k_grid)
+    # axis a's term broadcast over the other key axes: (B, h, Nq, 1.., k_a, ..1)
+    shaped = [t.reshape(B, nh, -1, *[k_grid[a] if i == a else 1 for i in range(n)]) for t, a in zip(terms, axes)]
+    bias = shaped[0]
+    for t in shaped[1:]:
+        bias = bias + t  # broadcast: the last add writes the full (B, h, Nq, *k_grid)
+    bias = bias.expand(*bias.shape[:3], *k_grid).flatten(3)  # (B, h, Nq, Nk)
+    return F.pad(bias, (prefix, 0, prefix, 0)) if prefix else bias
+
+
+def pool_tokens(x: torch.Tensor, grid: Grid, pool: nn.Module | None, prefix: int) -> tuple[torch.Tensor, Grid]:
+    """Pool the patch tokens of x over the grid; prefix (class) tokens bypass the pool.
+
+    x: (B, prefix + N, C) tokens in grid order -> (B, prefix + N', C), new grid.
+    The patch tokens are viewed channels-last (no copy) for the pool.
+    """
+    if pool is None:
+        return x, grid
+    B, _, C = x.shape
+    cls, x = x[:, :prefix], x[:, prefix:]
+    x = x.reshape(B, *grid, C).movedim(-1, 1)  # (B, C, (T,) H, W), channels-last strides
+    x = pool(x)
+    grid = tuple(x.shape[2:])
+    x = x.flatten(2).transpose(1, 2)  # (B, N', C)
+    return torch.cat([cls, x], dim=1) if prefix else x, grid
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class PatchEmbed(nn.Module):
+    """Conv patch embedding: (B, 3, (T,) H, W) -> (B, N, D) tokens and their grid."""
+
+    def __init__(self, cfg: MViTConfig, in_chans: int = 3):
+        super().__init__()
+        conv = nn.Conv3d if cfg.video else nn.Conv2d
+        self.proj = conv(in_chans, cfg.embed_dim, cfg.patch_kernel, cfg.patch_stride, cfg.patch_padding)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Grid]:
+        x = self.proj(x)  # (B, D, (T,) H, W)
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[2:])
+
+
+class MultiScaleAttention(nn.Module):
+    """Pooling attention with decomposed relative position bias and residual pooling.
+
+    q, k, v come from one qkv Linear; each is pooled by a depthwise conv over the grid (kernel
+    shared across heads, applied per head channel) and LayerNorm(head width). The rel-pos bias
+    is the additive mask of scaled_dot_product_attention (its fused CPU / GPU kernels accept one).
+    """
+
+    def __init__(self, cfg: MViTConfig, dim: int, dim_out: int, heads: int, grid: Grid,
+                 q_stride: Grid, kv_stride: Grid):
+        """grid: the block's input grid at cfg.input_size (sizes the rel-pos tables)."""
+        super().__init__()
+        self.heads, self.dim_out = heads, dim_out
+        self.head_dim = dim_out // heads
+        self.scale = self.head_dim ** -0.5
+        self.prefix = int(cfg.cls_token)
+        self.residual_pooling, self.residual_pooling_cls = cfg.residual_pooling, cfg.residual_pooling_cls
+        self.qkv = nn.Linear(dim, 3 * dim_out, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+        conv = nn.Conv3d if cfg.video else nn.Conv2d
+        kernel, pad = cfg.pool_kernel, tuple(k // 2 for k in cfg.pool_kernel)
+
+        def make_pool(stride):  # a pool exists when the kernel or the stride is larger than 1
+            if math.prod(kernel) == 1 and math.prod(stride) == 1:
+                return None, None
+            pool = conv(self.head_dim, self.head_dim, kernel, stride, pad, groups=self.head_dim, bias=False)
+            return pool, nn.LayerNorm(self.head_dim, eps=cfg.norm_eps)
+
+        self.pool_q, self.norm_q = make_pool(q_stride)
+        self.pool_k, self.norm_k = make_pool(kv_stride)
+        self.pool_v, self.norm_v = make_pool(kv_stride)
+        self.q_stride, self.kv_stride = q_stride, kv_stride
+
+        self.rel_pos_h = self.rel_pos_w = self.rel_pos_t = None
+        if cfg.rel_pos:
+            # table lengths follow the reference's floor division `size // stride` (not the conv
+            # output size); when they differ at run time the tables are interpolated
+            q_grid = tuple(g // s for g, s in zip(grid, q_stride))
+            kv_grid = tuple(g // s for g, s in zip(grid, kv_stride))
+            size = lambda a: 2 * max(q_grid[a], kv_grid[a]) - 1  # noqa: E731
+            self.rel_pos_h = nn.Parameter(torch.zeros(size(-2), self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(size(-1), self.head_dim))
+            if cfg.video:
+                self.rel_pos_t = nn.Parameter(torch.zeros(size(0), self.head_dim))
+
+    def _pool(self, x: torch.Tensor, grid: Grid, pool, norm) -> tuple[torch.Tensor, Grid]:
+        """x: (B, prefix + N, h, c) -> pooled and normed (B, prefix + N', h, c)."""
+        B, _, h, c = x.shape
+        if pool is not None:
+            # fold heads into the channel dim and use a weight repeated per head: one grouped
+            # conv over all heads equals the reference's per-head conv with a shared kernel
+            w = pool.weight.repeat(h, *([1] * (pool.weight.dim() - 1)))
+            fn = F.conv3d if w.dim() == 5 else F.conv2d
+            op = lambda t: fn(t, w, None, pool.stride, pool.padding, groups=h * c)  # noqa: E731
+            x, grid = pool_tokens(x.flatten(2), grid, op, self.prefix)
+            x = x.unflatten(2, (h, c))
+        return (norm(x) if norm is not None else x), grid
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
+        """x: (B, prefix + N, dim) -> (B, prefix + Nq, dim_out), q grid."""
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, self.head_dim)).unbind(2)  # 3 × (B, N, h, c)
+        q, q_grid = self._pool(q, grid, self.pool_q, self.norm_q)
+        k, k_grid = self._pool(k, grid, self.pool_k, self.norm_k)
+        v, _ = self._pool(v, grid, self.pool_v, self.norm_v)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, N*, c)
+
+        tables = [self.rel_pos_t, self.rel_pos_h, self.rel_pos_w][-len(grid):]
+        bias = None
+        if any(t is not None for t in tables):
+            bias = rel_pos_bias(q, q_grid, k_grid, tables, self.prefix)  # (B, h, Nq, Nk)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)  # (B, h, Nq, c)
+
+        if self.residual_pooling:
+            if self.residual_pooling_cls or not self.prefix:
+                out = out + q
+            else:
+                out = torch.cat([out[:, :, :self.prefix], out[:, :, self.prefix:] + q[:, :, self.prefix:]], 2)
+        out = out.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, Nq, h·c)
+        return self.proj(out), q_grid
+
+
+class MultiScaleBlock(nn.Module):
+    """Pre-norm block: pooled skip path + attention, then MLP; widening per dim_mul_in_att."""
+
+    def __init__(self, cfg: MViTConfig, dim: int, dim_out: int, heads: int, grid: Grid,
+                 q_stride: Grid, kv_stride: Grid, drop_path: float):
+        super().__init__()
+        self.dim, self.dim_out, self.dim_mul_in_att = dim, dim_out, cfg.dim_mul_in_att
+        self.prefix = int(cfg.cls_token)
+        att_dim = dim_out if cfg.dim_mul_in_att else dim
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.attn = MultiScaleAttention(cfg, dim, att_dim, heads, grid, q_stride, kv_stride)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(att_dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(att_dim, int(att_dim * cfg.mlp_ratio), dim_out, act_layer=nn.GELU)
+        self.proj = nn.Linear(dim, dim_out) if dim != dim_out else None
+        self.pool_skip = None
+        if math.prod(q_stride) > 1:
+            kernel = tuple(s + 1 if s > 1 else s for s in q_stride)
+            pool = nn.MaxPool3d if cfg.video else nn.MaxPool2d
+            self.pool_skip = pool(kernel, q_stride, tuple(k // 2 for k in kernel))
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
+        """x: (B, prefix + N, dim) -> (B, prefix + N', dim_out), new grid."""
+        x_norm = self.norm1(x)
+        x_attn, new_grid = self.attn(x_norm, grid)
+        if self.proj is not None and self.dim_mul_in_att:
+            x = self.proj(x_norm)  # the skip projection takes norm1(x) (reference)
+        x = pool_tokens(x, grid, self.pool_skip, self.prefix)[0] + self.drop_path(x_attn)
+        x_norm = self.norm2(x)
+        x_mlp = self.mlp(x_norm)
+        if self.proj is not None and not self.dim_mul_in_att:
+            x = self.proj(x_norm)  # ... or norm2(x) when the MLP widens
+        return x + self.drop_path(x_mlp), new_grid
+
+
+class MViT(nn.Module):
+    """MViTv2 backbone + classification head.
+
+    Interface shared with timm models: forward_features, forward_head(pre_logits=...),
+    set_grad_checkpointing, no_weight_decay, group_matcher (timm layer decay), plus
+    layer_id(name) for layer-wise lr decay and patch_grid / feature_grid for token layouts.
+    """
+
+    def __init__(self, cfg: MViTConfig, in_chans: int = 3):
+        super().__init__()
+        self.cfg = cfg
+        self.grad_checkpointing = False
+        self.num_prefix_tokens = int(cfg.cls_token)
+        self.patch_embed = PatchEmbed(cfg, in_chans)
+        D = cfg.embed_dim
+        grid = cfg.patch_grid(cfg.input_size)
+        table_grid = tuple(s // p for s, p in zip(cfg.input_size, cfg.patch_stride))  # reference sizing
+
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.mask_token else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.cls_token else None
+        self.pos_embed = self.pos_embed_spatial = self.pos_embed_temporal = self.pos_embed_class = None
+        if cfg.abs_pos and cfg.video:  # MViTv1: separate spatial, temporal and class embeddings
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, grid[1] * grid[2], D))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, grid[0], D))
+            if cfg.cls_token:
+                self.pos_embed_class = nn.Parameter(torch.zeros(1, 1, D))
+        elif cfg.abs_pos:
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + math.prod(grid), D))
+
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear 0 -> rate
+        self.blocks = nn.ModuleList()
+        for i, spec in enumerate(cfg.block_layout()):
+            self.blocks.append(MultiScaleBlock(cfg, spec["dim_in"], spec["dim_out"], spec["heads"], table_grid,
+                                               spec["q_stride"], spec["kv_stride"], dpr[i]))
+            table_grid = tuple(g // s for g, s in zip(table_grid, spec["q_stride"]))
+        self.num_features = self.blocks[-1].dim_out
+        self.norm = nn.LayerNorm(self.num_features, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.head_dropout)
+        self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # ------------------------------------------------------------------ init & interface
+
+    def init_weights(self):
+        """trunc_normal(0.02) for Linear / Conv weights and tokens; zero biases (timm / torchvision)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+                trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for name, p in self.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name or name in ("cls_token", "mask_token"):
+                trunc_normal_(p, std=0.02)
+        if isinstance(self.head, nn.Linear):
+            with torch.no_grad():
+                self.head.weight.mul_(self.cfg.head_init_scale)
+                self.head.bias.mul_(self.cfg.head_init_scale)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, _ in self.named_parameters()
+                if n in ("cls_token", "mask_token") or "pos_embed" in n or "rel_pos" in n}
+
+    def layer_id(self, name: str) -> int:
+        """Layer id for layer-wise lr decay: 0 = embeddings, i + 1 = block i, depth + 1 = the rest."""
+        if name.startswith(("cls_token", "mask_token", "pos_embed", "patch_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.cfg.depth + 1
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's layer-decay grouping; gives the same ids as layer_id (head falls in the last)."""
+        return dict(stem=r"^cls_token|^mask_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    def patch_grid(self, size: Grid) -> Grid:
+        """Token grid after the patch embed for an input of size ((T,) H, W)."""
+        return self.cfg.patch_grid(tuple(size))
+
+    def feature_grid(self, size: Grid) -> Grid:
+        """Token grid of forward_features' output for an input of size ((T,) H, W)."""
+        grid = self.patch_grid(size)
+        for blk in self.blocks:
+            grid = pooled_grid(grid, self.cfg.pool_kernel, blk.attn.q_stride)
+        return grid
+
+    # ------------------------------------------------------------------ forward
+
+    def _add_abs_pos(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """x: (B, prefix + N, D); resizes the tables when the grid differs from the config's."""
+        if self.pos_embed_spatial is not None:
+            t, h, w = grid
+            g = self.cfg.patch_grid(self.cfg.input_size)
+            sp = self.pos_embed_spatial.reshape(1, g[1], g[2], -1).permute(0, 3, 1, 2)
+            if (h, w) != (g[1], g[2]):
+                sp = F.interpolate(sp, size=(h, w), mode="bicubic", align_corners=False)
+            sp = sp.flatten(2).transpose(1, 2)  # (1, h·w, D)
+            tp = resize_rel_pos(self.pos_embed_temporal[0], t)[None]  # (1, t, D)
+            pos = (sp[:, None] + tp[:, :, None]).flatten(1, 2)  # (1, t·h·w, D)
+            if self.pos_embed_class is not None:
+                pos = torch.cat([self.pos_embed_class, pos], 1)
+            return x + pos
+        if self.pos_embed is not None:
+            p, g = self.num_prefix_tokens, self.cfg.patch_grid(self.cfg.input_size)
+            pos = self.pos_embed
+            if tuple(grid) != g:
+                patch = pos[:, p:].reshape(1, *g, -1).movedim(-1, 1)
+                patch = F.interpolate(patch, size=grid, mode="bicubic", align_corners=False)
+                pos = torch.cat([pos[:, :p], patch.flatten(2).transpose(1, 2)], 1)
+            return x + pos
+        return x
+
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, 3, (T,) H, W) -> tokens (B, prefix + N_out, D_out) over feature_grid(...).
+
+        mask: optional bool (B, *patch_grid) (True = masked); masked patch tokens are replaced
+        by the mask token before position embeddings and blocks (MaskFeat).
+        """
+        x, grid = self.patch_embed(x)  # (B, N, D)
+        if mask is not None:
+            if self.mask_token is None:
+                raise ValueError("forward_features(mask=...) needs a model built with mask_token=True")
+            x = torch.where(mask.flatten(1)[..., None], self.mask_token.to(x.dtype), x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self._add_abs_pos(x, grid)
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x, grid = checkpoint(blk, x, grid, use_reentrant=False)
+            else:
+                x, grid = blk(x, grid)
+        return x if self.cfg.fc_norm else self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """tokens (B, prefix + N, D) -> logits (B, classes), or pooled features (B, D)."""
+        x = x[:, 0] if self.cfg.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(1)
+        if self.cfg.fc_norm:
+            x = self.norm(x)
+        if pre_logits:
+            return x
+        return self.head(self.head_drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
