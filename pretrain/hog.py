@@ -1,0 +1,276 @@
+"""MaskFeat regression targets: batched HOG features and normalized pixels per token.
+
+MaskFeat (Wei et al., 2022) regresses, for every masked token, the histogram of
+oriented gradients of the input frames it covers. This module builds those targets on
+the device that holds the clip, with no gradients:
+
+* `HOGLayer` turns frames (N, C, H, W) into per-cell histograms (N, C', nbins, H/c, W/c).
+  `mode="maskfeat"` (default) is the reference convention of facebookresearch/SlowFast
+  (`slowfast/models/operators.py`, `HOGLayerC`); `mode="skimage"` reproduces
+  `skimage.feature.hog(..., cells_per_block=(1, 1), channel_axis=-1)` and serves as a
+  test oracle for the shared machinery (binning, cell pooling, layout).
+* `hog_targets` picks one frame per temporal token and groups cells per output token
+  (reference: `MaskMViT._get_hog_label_3d` in `slowfast/models/masked.py`).
+* `pixel_targets` gives MAE-style per-patch normalized pixels in the same token order.
+
+Conventions are listed in DESIGN.md ("MaskFeat").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["HOGLayer", "hog_targets", "pixel_targets"]
+
+_MODES = ("maskfeat", "skimage")
+# Elements per CPU chunk of frames (two 224x224 RGB frames: the temporaries stay in L2/L3).
+_CPU_CHUNK_ELEMENTS = 2 * 3 * 224 * 224
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # Targets are computed in float32 whatever the input (bf16 / fp16 clips, integer
+    # frames); float64 inputs keep float64 so the skimage oracle can be matched tightly.
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class HOGLayer(nn.Module):
+    """Histogram of oriented gradients per non-overlapping cell, batched, no gradients.
+
+    Args:
+        nbins: orientation bins over [0, pi) (unsigned gradients).
+        cell_size: cell side in pixels; H and W must be multiples of it.
+        mode: "maskfeat" (reference MaskFeat convention, default) or "skimage".
+
+    mode="maskfeat" (DESIGN.md "MaskFeat", SlowFast `operators.py` HOGLayerC): each
+    channel separately; reflect padding 1; 3x3 Sobel cross-correlation with
+    kx = [[1, 0, -1], [2, 0, -2], [1, 0, -1]] and ky = kx^T; magnitude sqrt(gx^2 + gy^2);
+    angle atan2(gx, gy) (this argument order); bin = floor(angle / pi * nbins) mod nbins,
+    hard assignment; magnitudes summed over each cell; each channel's histogram per
+    cell L2-normalized (eps 1e-12). Output (N, C, nbins, H/cell, W/cell).
+
+    mode="skimage" (scikit-image `feature/_hog.py`, `_hoghistogram.pyx`): central
+    differences x[i+1] - x[i-1] (not halved), zero gradient on the border rows/columns;
+    per pixel the channel with the largest gradient magnitude (first one on ties);
+    orientation rad2deg(atan2(g_row, g_col)) mod 180 in float64, bin i holds
+    [180/nbins * i, 180/nbins * (i+1)); magnitudes averaged over the cell; L2-Hys per
+    cell (cells_per_block=(1, 1)): v / sqrt(|v|^2 + 1e-10), clip at 0.2, renormalize
+    the same way. Output (N, 1, nbins, H/cell, W/cell): the single channel is the
+    merged colour channel, so `out[n, 0].permute(1, 2, 0)` equals skimage's
+    `hog(img, ..., feature_vector=False)[:, :, 0, 0, :]` (n_cells_row, n_cells_col, nbins).
+
+    The Sobel kernels are buffers named and shaped like the reference's (`weight_x`,
+    `weight_y`, (3, 1, 3, 3)) so reference MaskFeat checkpoints (`hogs.0.weight_x`) load
+    into a model holding this layer; forward applies them in separable form (tested to
+    equal F.conv2d with the buffers). All work is tensor ops on the input's device.
+    """
+
+    def __init__(self, nbins: int = 9, cell_size: int = 8, mode: str = "maskfeat"):
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if nbins < 1 or cell_size < 1:
+            raise ValueError(f"nbins and cell_size must be >= 1, got {nbins}, {cell_size}")
+        self.nbins = nbins
+        self.cell_size = cell_size
+        self.mode = mode
+        kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+        self.register_buffer("weight_x", kx.view(1, 1, 3, 3).repeat(3, 1, 1, 1))
+        self.register_buffer("weight_y", kx.t().reshape(1, 1, 3, 3).repeat(3, 1, 1, 1))
+
+    def extra_repr(self) -> str:
+        return f"nbins={self.nbins}, cell_size={self.cell_size}, mode={self.mode!r}"
+
+    @torch.no_grad()
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (N, C, H, W) -> (N, C, nbins, H/cell, W/cell) ("maskfeat") or
+        (N, 1, nbins, H/cell, W/cell) ("skimage"); float32 (float64 for float64 input)."""
+        if frames.ndim != 4:
+            raise ValueError(f"expected frames (N, C, H, W), got shape {tuple(frames.shape)}")
+        _, _, H, W = frames.shape
+        c = self.cell_size
+        if H % c or W % c or H < 2 or W < 2:
+            raise ValueError(f"frame size {H}x{W} must be a positive multiple of cell_size={c}")
+        # Targets must not depend on the training precision: no autocast in here.
+        with torch.autocast(device_type=frames.device.type, enabled=False):
+            if self.mode == "maskfeat":
+                hist = self._maskfeat(frames.to(_compute_dtype(frames)))
+            else:
+                hist = self._skimage(frames)
+        return hist.permute(0, 1, 4, 2, 3).contiguous()  # (N, C', nbins, H/cell, W/cell)
+
+    def _maskfeat(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, C, H, W) -> (N, C, H/cell, W/cell, nbins), the reference convention."""
+        nb = self.nbins
+        # Frames are processed in chunks so that on CPU the ~15 full-size temporaries
+        # stay in cache (3x faster than one pass over a 16-frame batch); one chunk on GPU.
+        step = max(1, _CPU_CHUNK_ELEMENTS // x[0].numel()) if x.device.type == "cpu" else len(x)
+        raw = torch.cat([self._maskfeat_votes(chunk) for chunk in x.split(step)])
+        # raw[..., p + nbins] holds the votes of phase p in [-nbins, nbins]; bin = p mod
+        # nbins (Python-style): fold here, on the small histogram, not per pixel.
+        hist = raw[..., :nb] + raw[..., nb : 2 * nb]
+        hist[..., 0] += raw[..., 2 * nb]
+        return _l2_normalize(hist, eps=1e-12)
+
+    def _maskfeat_votes(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n, C, H, W) -> (n, C, H/cell, W/cell, 2*nbins + 1): magnitudes summed per
+        cell and unfolded phase floor(atan2(gx, gy) / pi * nbins) + nbins."""
+        x = F.pad(x, (1, 1, 1, 1), mode="reflect")  # (n, C, H+2, W+2)
+        # Sobel cross-correlation in separable form, kx = [1, 2, 1]^T [1, 0, -1] and
+        # ky = kx^T: same numbers as F.conv2d with the weight_x / weight_y buffers (a test
+        # checks it), 5-20x faster on CPU than oneDNN's depthwise 3x3 convolution.
+        d = x[..., :-2] - x[..., 2:]  # (n, C, H+2, W) left - right
+        gx = torch.add(d[:, :, :-2], d[:, :, 2:]).add_(d[:, :, 1:-1], alpha=2)  # (n, C, H, W)
+        d = x[:, :, :-2] - x[:, :, 2:]  # (n, C, H, W+2) top - bottom
+        gy = torch.add(d[..., :-2], d[..., 2:]).add_(d[..., 1:-1], alpha=2)  # (n, C, H, W)
+        magnitude = (gx * gx).addcmul_(gy, gy).sqrt_()
+        # HOGLayerC: phase = atan2(gx, gy) / pi * nbins in [-nbins, nbins], hard-binned by
+        # its floor.
+        phase = torch.atan2(gx, gy).mul_(self.nbins / math.pi).floor_()
+        return _cell_sums(phase, magnitude, self.cell_size, 2 * self.nbins + 1, shift=self.nbins)
+
+    def _skimage(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (N, C, H, W) -> (N, 1, H/cell, W/cell, nbins), skimage's convention."""
+        # Gradients in the dtype skimage would use (`utils._supported_float_type`):
+        # float32 for float32 / half inputs, float64 for float64 and integer images.
+        low = frames.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        x = frames.to(torch.float32 if low else torch.float64)
+        g_row = torch.zeros_like(x)
+        g_col = torch.zeros_like(x)
+        g_row[:, :, 1:-1, :] = x[:, :, 2:, :] - x[:, :, :-2, :]
+        g_col[:, :, :, 1:-1] = x[:, :, :, 2:] - x[:, :, :, :-2]
+        # Dominant channel per pixel, compared in the image's dtype like skimage does.
+        best = torch.hypot(g_row, g_col).argmax(dim=1, keepdim=True)  # (N, 1, H, W)
+        g_row = g_row.gather(1, best).double()
+        g_col = g_col.gather(1, best).double()
+        magnitude = torch.hypot(g_row, g_col)
+        orientation = torch.remainder(torch.atan2(g_row, g_col) * (180.0 / math.pi), 180.0)
+        # skimage keeps a pixel in bin i iff edges[i] <= orientation < edges[i + 1], with
+        # the edges computed as (180 / nbins) * i in float64; bucketize reproduces exactly
+        # that. An orientation that rounds to 180.0 falls in no bin there (bin == nbins).
+        edges = torch.arange(self.nbins + 1, dtype=torch.float64, device=x.device)
+        edges = edges * (180.0 / self.nbins)
+        bins = torch.bucketize(orientation, edges, right=True) - 1
+        magnitude = magnitude.masked_fill(bins >= self.nbins, 0.0)
+        bins = bins.clamp(0, self.nbins - 1)
+        hist = _cell_sums(bins, magnitude, self.cell_size, self.nbins) / self.cell_size**2
+        # ^ skimage averages over the cell. L2-Hys with cells_per_block=(1, 1): each cell
+        # is its own block (eps 1e-5).
+        hist = _l2_normalize(hist, eps=1e-5, squared_eps=True)
+        hist = _l2_normalize(hist.clamp(max=0.2), eps=1e-5, squared_eps=True)
+        return hist.to(_compute_dtype(frames))
+
+
+
+def _cell_sums(
+    slot: torch.Tensor, magnitude: torch.Tensor, cell_size: int, k: int, *, shift: int = 0
+) -> torch.Tensor:
+    """slot (n, C, H, W) integer-valued in [-shift, k - shift), magnitude (n, C, H, W) ->
+    (n, C, H/cell, W/cell, k): each pixel's magnitude added to slot + shift of its cell."""
+    n, C, H, W = magnitude.shape
+    hc, wc = H // cell_size, W // cell_size
+    rows = torch.arange(H, device=slot.device) // cell_size
+    cols = torch.arange(W, device=slot.device) // cell_size
+    base = (rows[:, None] * wc + cols[None, :]) * k + shift  # (H, W) first slot of the cell
+    # One scatter_add per (frame, channel) plane into the small histogram instead of a
+    # dense (n, C, k, H, W) one-hot. The index is built in the slot's dtype (exact below
+    # 2^24 in float32) and cast to int64 once.
+    if slot.is_floating_point() and hc * wc * k >= 2**24:
+        slot = slot.double()
+    index = (slot + base.to(slot.dtype)).long().view(n * C, H * W)
+    out = magnitude.new_zeros(n * C, hc * wc * k)
+    out.scatter_add_(1, index, magnitude.reshape(n * C, H * W))
+    return out.view(n, C, hc, wc, k)
+
+
+def _l2_normalize(
+    hist: torch.Tensor, *, eps: float, squared_eps: bool = False
+) -> torch.Tensor:
+    """hist (N, C, h, w, nbins) -> same shape, each histogram scaled to unit L2 norm.
+    `squared_eps`: skimage divides by sqrt(|v|^2 + eps^2); otherwise by max(|v|, eps) as
+    F.normalize in HOGLayerC. (Bins last: ~30x faster on CPU than F.normalize(dim=2).)"""
+    sq = (hist * hist).sum(dim=-1, keepdim=True)
+    norm = torch.sqrt(sq + eps * eps) if squared_eps else torch.sqrt(sq).clamp_(min=eps)
+    return hist / norm
+
+
+def _check_clip(clip: torch.Tensor) -> None:
+    if clip.ndim != 5:
+        raise ValueError(f"expected clip (B, C, T, H, W), got shape {tuple(clip.shape)}")
+
+
+@torch.no_grad()
+def hog_targets(
+    hog_layer: HOGLayer,
+    clip: torch.Tensor,
+    *,
+    temporal_stride: int = 2,
+    grid: tuple[int, int, int],
+) -> torch.Tensor:
+    """HOG regression targets per output token.
+
+    clip (B, 3, T, H, W) -> (B, t*h*w, C'*nbins*ch*cw) with (t, h, w) = grid,
+    ch = H / cell / h, cw = W / cell / w and C' the HOG layer's output channels (3 for
+    "maskfeat"). One frame per temporal token is used: frames 0, s, 2s, ... for
+    temporal_stride s (the patch embed's temporal stride), each HOG'd as an image.
+    Within a token the vector index is ((c*nbins + bin)*ch + dy)*cw + dx; tokens are in
+    (t, h, w) order (SlowFast `masked.py`, `_get_hog_label_3d`). At 16x224^2 with grid
+    (8, 14, 14): (B, 1568, 108).
+    """
+    _check_clip(clip)
+    B, _, T, H, W = clip.shape
+    t, h, w = grid
+    cell = hog_layer.cell_size
+    if temporal_stride < 1 or T % temporal_stride or T // temporal_stride != t:
+        raise ValueError(
+            f"{T} frames with temporal_stride={temporal_stride} do not give {t} temporal tokens"
+        )
+    if H % (cell * h) or W % (cell * w):
+        raise ValueError(
+            f"frame size {H}x{W} is not divisible into a {h}x{w} token grid of "
+            f"{cell}x{cell}-pixel cells"
+        )
+    frames = clip[:, :, ::temporal_stride].transpose(1, 2).flatten(0, 1)  # (B*t, C, H, W)
+    hog = hog_layer(frames)  # (B*t, C', nbins, H/cell, W/cell)
+    _, c_out, nbins, hc, wc = hog.shape
+    ch, cw = hc // h, wc // w
+    hog = hog.view(B, t, c_out, nbins, h, ch, w, cw)
+    hog = hog.permute(0, 1, 4, 6, 2, 3, 5, 7)  # (B, t, h, w, C', nbins, ch, cw)
+    return hog.reshape(B, t * h * w, c_out * nbins * ch * cw)
+
+
+@torch.no_grad()
+def pixel_targets(
+    clip: torch.Tensor,
+    *,
+    patch: tuple[int, int, int] = (2, 16, 16),
+    grid: tuple[int, int, int] | None = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Per-patch normalized pixels (MAE-style targets), tokens in (t, h, w) order.
+
+    clip (B, C, T, H, W) -> (B, t*h*w, pt*ph*pw*C) float32 with (pt, ph, pw) = patch and
+    (t, h, w) = (T/pt, H/ph, W/pw) (checked against `grid` when given). The per-token
+    vector is ordered (dt, dy, dx, c) and standardized by its own mean and (unbiased)
+    variance: (x - mean) / sqrt(var + eps), as SlowFast `masked.py`
+    `_get_pixel_label_3d`. The reference's default (one frame per temporal token) is
+    `pixel_targets(clip[:, :, ::2], patch=(1, 16, 16))`.
+    """
+    _check_clip(clip)
+    B, C, T, H, W = clip.shape
+    pt, ph, pw = patch
+    if T % pt or H % ph or W % pw:
+        raise ValueError(f"clip {T}x{H}x{W} is not divisible by patch {pt}x{ph}x{pw}")
+    t, h, w = T // pt, H // ph, W // pw
+    if grid is not None and tuple(grid) != (t, h, w):
+        raise ValueError(f"patch {tuple(patch)} on clip {T}x{H}x{W} gives grid {(t, h, w)}, not {tuple(grid)}")
+    with torch.autocast(device_type=clip.device.type, enabled=False):
+        x = clip.to(_compute_dtype(clip)).reshape(B, C, t, pt, h, ph, w, pw)
+        x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, t, h, w, pt, ph, pw, C)
+        x = x.reshape(B, t * h * w, pt * ph * pw * C)
+        mean = x.mean(dim=-1, keepdim=True)
+        var = x.var(dim=-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + eps)
