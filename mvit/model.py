@@ -395,9 +395,10 @@ class MViT(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
-        """timm's layer-decay grouping; gives the same ids as layer_id (head falls in the last)."""
+        """timm's layer-decay grouping, the same ids as layer_id: final norm and head form the last
+        group (timm's own (99999,) would merge the norm into the last block's group)."""
         return dict(stem=r"^cls_token|^mask_token|^pos_embed|^patch_embed",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^(?:norm|head)\.", (self.cfg.depth,))])
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):

@@ -1,0 +1,180 @@
+"""Contracts every registered variant keeps, checked at tiny sizes on CPU."""
+import pytest
+import torch
+
+import mvit
+from mvit.model import rel_pos_index
+
+
+def tiny(name, **kw):
+    """The variant's structure (image/video, class token, widening mode, head) at toy width."""
+    cfg = mvit.get_config(name)
+    size = (4, 64, 64) if cfg.video else (64, 64)  # last stage still 2×2, so every rel-pos table matters
+    over = dict(depths=(1, 2, 1, 1), embed_dim=8 * cfg.num_heads, input_size=size, num_classes=5)
+    over.update(kw)
+    return mvit.create_model(name, **over)
+
+
+def inputs(model, size=None, batch=2):
+    size = size or model.cfg.input_size
+    return torch.randn(batch, 3, *size)
+
+
+NAMES = mvit.list_models()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = tiny(name, drop_path_rate=0.1)
+    feats = model.forward_features(inputs(model))
+    out = model.forward_head(feats)
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    # with a class-token head only the class token of the last block reaches the logits, and
+    # its attention row has no rel-pos bias: put the patch tokens in the loss too
+    (out.square().sum() + feats.square().mean()).backward()
+    for k, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), k
+        assert p.grad.abs().sum() > 0, f"{k} got a zero gradient"
+
+
+@pytest.mark.parametrize("name", ["mvitv2_s_16x4", "mvitv2_s_16x4_maskfeat", "mvitv2_tiny", "mvitv2_small_cls"])
+def test_gradient_checkpointing_leaves_outputs_and_grads_unchanged(name):
+    torch.manual_seed(0)
+    model = tiny(name).eval()
+    x = inputs(model)
+    ref = model(x)
+    ref.sum().backward()
+    ref_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[k], msg=k)
+
+
+@pytest.mark.parametrize("size", [(4, 64, 64), (2, 64, 48), (8, 32, 64), (6, 48, 48)])
+def test_video_sizes_the_strides_divide(size):
+    model = tiny("mvitv2_s_16x4").eval()
+    x = inputs(model, size)
+    feats = model.forward_features(x)
+    t, h, w = model.feature_grid(size)
+    assert feats.shape == (2, 1 + t * h * w, model.num_features)
+    assert model(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 48), (96, 96)])
+def test_image_sizes(size):
+    model = tiny("mvitv2_tiny").eval()
+    feats = model.forward_features(inputs(model, size))
+    h, w = model.feature_grid(size)
+    assert feats.shape == (2, h * w, model.num_features)
+
+
+def test_rel_pos_tables_resized_when_loading_weights_made_for_another_size():
+    """A model made for 32² loaded into one made for 64² (tables interpolated at load) must equal
+    the 32² model run on 64² input (tables interpolated at run time)."""
+    torch.manual_seed(0)
+    small = tiny("mvitv2_s_16x4", input_size=(4, 32, 32)).eval()
+    big = tiny("mvitv2_s_16x4", input_size=(8, 64, 64)).eval()
+    report = mvit.load_pretrained(big, small.state_dict())
+    assert report.interpolated and all("rel_pos" in k for k in report.interpolated)
+    assert any(k.endswith("rel_pos_t") for k in report.interpolated)
+    x = torch.randn(1, 3, 8, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(big(x), small(x), atol=1e-5, rtol=0)
+
+
+def test_rel_pos_index_follows_reference_formula():
+    # q 4, k 2: i·max(k/q,1) − j·max(q/k,1) + (k−1)·max(q/k,1) = i − 2j + 2
+    assert rel_pos_index(4, 2).tolist() == [[2, 0], [3, 1], [4, 2], [5, 3]]
+    assert rel_pos_index(3, 3).tolist() == [[2, 1, 0], [3, 2, 1], [4, 3, 2]]
+
+
+def test_rel_pos_bias_reaches_only_patch_tokens():
+    """Changing a rel-pos table changes patch outputs; the class token's attention row has no
+    bias, so with one block the class token output is unchanged."""
+    torch.manual_seed(0)
+    model = tiny("mvitv2_s_16x4", depths=(1, 1, 1, 1)).eval()
+    blk = model.blocks[0]
+    x = torch.randn(1, 1 + 2 * 16 * 16, model.cfg.embed_dim)
+    with torch.no_grad():
+        a, _ = blk(x, (2, 16, 16))
+        blk.attn.rel_pos_h.add_(torch.randn_like(blk.attn.rel_pos_h))  # a constant shift would cancel in the softmax
+        b, _ = blk(x, (2, 16, 16))
+    torch.testing.assert_close(a[:, 0], b[:, 0])
+    assert (a[:, 1:] - b[:, 1:]).abs().max() > 1e-3
+
+
+def test_mask_token_replaces_masked_patches():
+    torch.manual_seed(0)
+    model = tiny("mvitv2_s_16x4_maskfeat").eval()
+    pt = mvit.create_model("mvitv2_s_16x4_maskfeat", pretraining=True, depths=(1, 2, 1, 1), embed_dim=8,
+                           input_size=(4, 64, 64)).eval()
+    assert model.mask_token is None and pt.mask_token is not None
+    x = torch.randn(1, 3, 4, 64, 64)
+    grid = pt.patch_grid((4, 64, 64))
+    assert grid == (2, 16, 16)
+    mask = torch.zeros(1, *grid, dtype=torch.bool)
+    mask[:, :, :4] = True  # patch rows 0..3
+    # masked patches are the mask token whatever their pixels: change the pixels only those
+    # patches see (rows < 9: patch row 3 starts at 3·4 − 3 = 9 with kernel 7, stride 4, pad 3)
+    x2 = x.clone()
+    x2[..., :9, :] = torch.randn_like(x2[..., :9, :])
+    with torch.no_grad():
+        f1, f2 = pt.forward_features(x, mask), pt.forward_features(x2, mask)
+        f3 = pt.forward_features(x, torch.zeros_like(mask))
+    torch.testing.assert_close(f1, f2)
+    assert (f1 - f3).abs().max() > 1e-4
+    # pretraining form: last q stride 1 -> finer output grid than the finetune form
+    assert pt.feature_grid((4, 64, 64)) == (2, 4, 4) and model.feature_grid((4, 64, 64)) == (2, 2, 2)
+    with pytest.raises(ValueError, match="mask_token"):
+        model.forward_features(x, mask)
+
+
+def test_layer_ids_and_timm_layer_decay_groups_agree():
+    from timm.optim import param_groups_layer_decay
+    model = tiny("mvitv2_s_16x4")
+    depth = model.cfg.depth
+    assert model.layer_id("cls_token") == 0 and model.layer_id("patch_embed.proj.weight") == 0
+    assert model.layer_id("blocks.2.attn.qkv.weight") == 3
+    assert model.layer_id("head.weight") == depth + 1 and model.layer_id("norm.weight") == depth + 1
+    groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5,
+                                      no_weight_decay_list=model.no_weight_decay())
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            assert g["lr_scale"] == pytest.approx(0.5 ** (depth + 1 - model.layer_id(n))), n
+            no_decay = p.ndim <= 1 or n.endswith(".bias") or n in model.no_weight_decay()
+            assert g["weight_decay"] == (0.0 if no_decay else 0.05), n
+
+
+def test_head_init_scale_and_drop_path_schedule():
+    torch.manual_seed(0)
+    a = tiny("mvitv2_s_16x4_maskfeat")  # head init scale 0.001
+    b = tiny("mvitv2_s_16x4_maskfeat", head_init_scale=1.0)
+    assert a.head.weight.std() < b.head.weight.std() * 0.01
+    m = tiny("mvitv2_s_16x4", drop_path_rate=0.3)
+    rates = [getattr(blk.drop_path, "drop_prob", 0.0) for blk in m.blocks]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
+    assert all(x <= y for x, y in zip(rates, rates[1:]))
+
+
+def test_abs_pos_option_mvitv1_style():
+    model = tiny("mvitv2_s_16x4", abs_pos=True).eval()
+    assert model.pos_embed_spatial.shape == (1, 16 * 16, model.cfg.embed_dim)
+    assert model.pos_embed_temporal.shape == (1, 2, model.cfg.embed_dim)
+    assert model(torch.randn(1, 3, 8, 32, 32)).shape == (1, 5)  # resized to another grid
+    image = tiny("mvitv2_tiny", abs_pos=True).eval()
+    assert image.pos_embed.shape == (1, 256, image.cfg.embed_dim)
+    assert image(torch.randn(1, 3, 48, 48)).shape == (1, 5)
+
+
+def test_bad_config_is_named():
+    with pytest.raises(TypeError, match="no_such_field"):
+        mvit.create_model("mvitv2_s_16x4", no_such_field=1)
+    with pytest.raises(KeyError, match="mvitv2_nope"):
+        mvit.create_model("mvitv2_nope")
