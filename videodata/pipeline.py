@@ -1,0 +1,386 @@
+"""The loader: webdataset shards -> decoded, sampled, augmented clip batches.
+
+Splitting. Every DataLoader worker of every rank is one "slot" g of G = world_size x
+num_workers. With at least G shards, slot g owns shards g, g + G, ... and reads nothing
+else; with fewer shards every slot reads every shard and keeps the samples at positions
+g, g + G, ... of each. Either way no two slots ever see the same sample, so the training
+loader is complete as it is: do not pass it through `accelerator.prepare` (that would
+shard it a second time). Rank and world size come from the arguments, else from
+torch.distributed when initialized, else from the RANK / WORLD_SIZE variables that
+`accelerate launch` and torchrun set.
+
+Training streams forever: each slot draws its own shards with replacement (resampled),
+reads them through a shuffle buffer, and an "epoch" is only a count of batches
+(`epoch_samples` videos over all ranks, default: the manifest's total). The stream is
+seeded by (seed, start_epoch, rank, worker) and continues across epochs (workers are
+persistent), so pass a different `start_epoch` when resuming to draw fresh samples.
+
+Evaluation reads each video exactly once over all ranks and workers (no resampling) and
+yields every view (clip x crop) of it, tagged with the video id and view index.
+
+A sample that fails to decode or is too short is skipped with a one-line warning and
+counted; each batch's "skipped" is the number its worker skipped since its previous batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from videodata.decode import DecodeError, decode_frames
+from videodata.sampling import TooShortError, random_clip, segment_clip, segment_clips, uniform_clips
+from videodata.shards import manifest_for_urls
+from videodata.sources import VIDEO_EXTENSIONS
+from videodata.transforms import KINETICS_MEAN, KINETICS_STD, EvalTransform, TrainTransform
+
+log = logging.getLogger("videodata")
+_VIDEO_KEYS = tuple(e.lstrip(".") for e in VIDEO_EXTENSIONS)
+
+
+def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): the arguments, else torch.distributed, else RANK / WORLD_SIZE, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        pass
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} not in 0..{world_size - 1}")
+    return rank, world_size
+
+
+def expand_urls(urls) -> list[str]:
+    """Shard URLs from a brace pattern ("a-{000000..000009}.tar"), several joined by "::",
+    or a list of them. Local paths and anything webdataset opens: http(s)://, s3:// etc.
+    through gopen, and "pipe:cmd" which runs `cmd` in a shell and reads its stdout."""
+    if isinstance(urls, (str, os.PathLike)):
+        urls = [str(urls)]
+    out = []
+    for u in urls:
+        out.extend(wds.shardlists.expand_urls(str(u)))
+    if not out:
+        raise ValueError("no shard URLs")
+    return out
+
+
+@dataclass
+class Sample:
+    """One video read from a shard."""
+
+    data: bytes
+    meta: dict
+    key: str
+
+    @property
+    def video_id(self) -> str:
+        return str(self.meta.get("id") or self.key)
+
+    @property
+    def label(self) -> int:
+        label = self.meta.get("label", -1)
+        return -1 if label is None else int(label)
+
+
+def _to_sample(raw: dict) -> Sample:
+    video = next((raw[k] for k in _VIDEO_KEYS if k in raw), None)
+    if video is None:
+        raise DecodeError(f"no video file in sample (has {sorted(k for k in raw if not k.startswith('__'))})")
+    meta = json.loads(raw["json"]) if "json" in raw else {}
+    return Sample(video, meta, raw["__key__"])
+
+
+class _Slot:
+    """This worker's place among all readers: slot g of G, and its own RNG."""
+
+    def __init__(self, rank: int, world_size: int, seed: int, epoch: int):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self.rank, self.worker = rank, worker
+        self.index, self.count = rank * workers + worker, world_size * workers
+        self.rng = random.Random(f"{seed}/{epoch}/{rank}/{worker}")
+
+
+class _FailureGuard:
+    """Counts skips; raises when nothing has succeeded for too long (never loop forever)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.consecutive, self.since_batch = limit, 0, 0
+
+    def failed(self, what: str, reason: str, sample: bool = True):
+        log.warning("videodata: skipped %s: %s", what, reason)
+        self.since_batch += int(sample)
+        self.consecutive += 1
+        if self.consecutive >= self.limit:
+            raise RuntimeError(f"videodata: {self.consecutive} consecutive failures (last: {what}: {reason}); "
+                               "check the shards with scripts/make_shards.py --check")
+
+    def ok(self):
+        self.consecutive = 0
+
+    def take(self) -> int:
+        n, self.since_batch = self.since_batch, 0
+        return n
+
+
+def _read_shard(url: str, guard: _FailureGuard):
+    """Samples of one shard; an unreadable shard (or tar member) is logged and counted."""
+
+    def handler(exn):
+        guard.failed(f"shard {url}", " ".join(str(exn).split())[:200], sample=False)
+        return True  # continue with the next shard / member
+
+    yield from wds.tarfile_to_samples(handler=handler)([dict(url=url)])
+
+
+def _my_samples(urls: list[str], slot: _Slot, guard: _FailureGuard, resample: bool):
+    """Samples owned by this slot: whole shards when there are enough, else every G-th
+    sample of each shard. resample=True draws shards with replacement, forever."""
+    if len(urls) >= slot.count:
+        mine, pick = urls[slot.index::slot.count], None
+    else:
+        mine, pick = urls, slot.index
+    shards = iter(lambda: slot.rng.choice(mine), None) if resample else iter(mine)
+    for url in shards:
+        n = -1
+        for n, raw in enumerate(_read_shard(url, guard)):
+            if pick is None or n % slot.count == pick:
+                yield raw
+        if n < 0:
+            guard.failed(f"shard {url}", "no samples", sample=False)
+
+
+def _shuffle(samples, size: int, rng: random.Random):
+    """Shuffle buffer of `size` samples (videos are large: keep it modest)."""
+    buf = []
+    for s in samples:
+        if len(buf) < size:
+            buf.append(s)
+            continue
+        i = rng.randrange(size)
+        yield buf[i]
+        buf[i] = s
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _collate(items: list[dict], skipped: int) -> dict:
+    return {
+        "video": torch.stack([it["video"] for it in items]),  # (B, 3, T, H, W)
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),  # (B,)
+        "frame_index": torch.tensor([it["frame_index"] for it in items], dtype=torch.long),  # (B, T)
+        "video_id": [it["video_id"] for it in items],
+        "view": torch.tensor([it["view"] for it in items], dtype=torch.long),  # (B,)
+        "skipped": torch.tensor(skipped, dtype=torch.long),
+    }
+
+
+class TrainClips(IterableDataset):
+    """Endless stream of training batches for one rank; see the module docstring.
+
+    One iteration (epoch) yields `batches_per_worker` batches per worker.
+    """
+
+    def __init__(self, urls, *, frames: int, stride: int, transform: TrainTransform, batch_size: int,
+                 batches_per_worker: int, num_workers: int, rank: int, world_size: int, seed: int = 0,
+                 start_epoch: int = 0, shuffle_buffer: int = 64, repeats: int = 1, sampling: str = "random",
+                 short_side: int | None = None, max_consecutive_failures: int = 1000):
+        if sampling not in ("random", "segment"):
+            raise ValueError(f"training sampling must be 'random' or 'segment', got {sampling!r}")
+        if batch_size % repeats:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of repeats {repeats}")
+        self.urls = expand_urls(urls)
+        self.frames, self.stride, self.transform = frames, stride, transform
+        self.batch_size, self.repeats, self.sampling = batch_size, repeats, sampling
+        self.batches_per_worker, self.num_workers = batches_per_worker, max(1, num_workers)
+        self.rank, self.world_size, self.seed, self.start_epoch = rank, world_size, seed, start_epoch
+        self.shuffle_buffer, self.short_side = shuffle_buffer, short_side
+        self.max_consecutive_failures = max_consecutive_failures
+        self._stream = None
+
+    def __len__(self) -> int:
+        return self.batches_per_worker * self.num_workers
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Videos per epoch over all ranks (each gives `repeats` clips)."""
+        return len(self) * self.world_size * self.batch_size // self.repeats
+
+    def _clips(self, sample: Sample, rng: random.Random) -> list[list[int]]:
+        num_frames = int(sample.meta.get("frames") or 0)
+        if num_frames <= 0:
+            raise DecodeError("sample has no frame count")
+        if self.sampling == "segment":
+            return [segment_clip(num_frames, self.frames, rng=rng) for _ in range(self.repeats)]
+        return [random_clip(num_frames, self.frames, self.stride, rng) for _ in range(self.repeats)]
+
+    def _batches(self):
+        slot = _Slot(self.rank, self.world_size, self.seed, self.start_epoch)
+        rng = slot.rng
+        guard = _FailureGuard(self.max_consecutive_failures)
+        raw = _shuffle(_my_samples(self.urls, slot, guard, resample=True), self.shuffle_buffer, rng)
+        items = []
+        for r in raw:
+            try:
+                sample = _to_sample(r)
+                clips = self._clips(sample, rng)
+                wanted = [i for c in clips for i in c]
+                frames = decode_frames(sample.data, wanted, fps=sample.meta.get("fps"), gop=sample.meta.get("gop"),
+                                       short_side=self.short_side)  # (repeats * T, H, W, 3)
+            except (DecodeError, TooShortError, ValueError) as exn:
+                guard.failed(f"{r.get('__key__')} in {r.get('__url__')}", str(exn))
+                continue
+            guard.ok()
+            for k, clip in enumerate(clips):
+                video = self.transform(frames[k * self.frames:(k + 1) * self.frames], rng)
+                items.append(dict(video=video, label=sample.label, frame_index=clip, video_id=sample.video_id,
+                                  view=k))
+            if len(items) == self.batch_size:
+                yield _collate(items, guard.take())
+                items = []
+
+    def __iter__(self):
+        # The stream outlives one epoch (workers are persistent): no refilling of the
+        # shuffle buffer, and epoch e + 1 continues where epoch e stopped.
+        if self._stream is None:
+            self._stream = self._batches()
+        for _ in range(self.batches_per_worker):
+            yield next(self._stream)
+
+
+class EvalClips(IterableDataset):
+    """Every video once over all ranks and workers, every view of it; see the module docstring."""
+
+    def __init__(self, urls, *, frames: int, stride: int, transform: EvalTransform, num_clips: int, num_crops: int,
+                 sampling: str, batch_size: int, rank: int, world_size: int, short_side: int,
+                 pad_short: bool = True, max_consecutive_failures: int = 1000):
+        if sampling not in ("uniform", "segment"):
+            raise ValueError(f"eval sampling must be 'uniform' or 'segment', got {sampling!r}")
+        self.urls = expand_urls(urls)
+        self.frames, self.stride, self.transform = frames, stride, transform
+        self.num_clips, self.num_crops, self.sampling = num_clips, num_crops, sampling
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.short_side, self.pad_short = short_side, pad_short
+        self.max_consecutive_failures = max_consecutive_failures
+
+    @property
+    def views_per_video(self) -> int:
+        return self.num_clips * self.num_crops
+
+    def _clips(self, sample: Sample) -> list[list[int]]:
+        num_frames = int(sample.meta.get("frames") or 0)
+        if num_frames <= 0:
+            raise DecodeError("sample has no frame count")
+        if self.sampling == "segment":
+            return segment_clips(num_frames, self.frames, self.num_clips, pad=self.pad_short)
+        return uniform_clips(num_frames, self.frames, self.stride, self.num_clips, pad=self.pad_short)
+
+    def __iter__(self):
+        slot = _Slot(self.rank, self.world_size, seed=0, epoch=0)
+        guard = _FailureGuard(self.max_consecutive_failures)
+        items = []
+        for r in _my_samples(self.urls, slot, guard, resample=False):
+            try:
+                sample = _to_sample(r)
+                clips = self._clips(sample)
+                wanted = [i for c in clips for i in c]
+                frames = decode_frames(sample.data, wanted, fps=sample.meta.get("fps"), gop=sample.meta.get("gop"),
+                                       short_side=self.short_side)  # (clips * T, H, W, 3)
+            except (DecodeError, TooShortError, ValueError) as exn:
+                guard.failed(f"{r.get('__key__')} in {r.get('__url__')}", str(exn))
+                continue
+            guard.ok()
+            for k, clip in enumerate(clips):
+                for c in range(self.num_crops):
+                    video = self.transform(frames[k * self.frames:(k + 1) * self.frames], c)
+                    items.append(dict(video=video, label=sample.label, frame_index=clip, video_id=sample.video_id,
+                                      view=k * self.num_crops + c))
+                    if len(items) == self.batch_size:
+                        yield _collate(items, guard.take())
+                        items = []
+        if items:
+            yield _collate(items, guard.take())
+
+
+def _worker_init(_):
+    # Parallelism comes from the workers; torch's intra-op threads would oversubscribe.
+    torch.set_num_threads(1)
+
+
+def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 224, batch_size: int = 8,
+                       num_workers: int = 4, seed: int = 0, epoch_samples: int | None = None,
+                       scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True, short_side: int | None = None,
+                       rand_augment: str | None = None, erase_prob: float = 0.0, repeats: int = 1,
+                       sampling: str = "random", mean=KINETICS_MEAN, std=KINETICS_STD, rank: int | None = None,
+                       world_size: int | None = None, start_epoch: int = 0, shuffle_buffer: int = 64,
+                       interpolation: str = "bilinear", pin_memory: bool = False,
+                       max_consecutive_failures: int = 1000) -> DataLoader:
+    """Training DataLoader over shards; already split across ranks and workers.
+
+    Batches: {"video": float (B, 3, T, crop, crop) normalized, "label": long (B,) (-1:
+    unlabeled), "skipped": long scalar, "frame_index": long (B, T), "video_id": list[str],
+    "view": long (B,) (repeat index)}. B = batch_size clips = batch_size / repeats videos
+    with `repeats` clips each (repeated sampling amortizes one decode over several clips).
+
+    len(loader) is the batches per epoch on this rank; loader.dataset.samples_per_epoch
+    the videos per epoch over all ranks: epoch_samples (default: the manifest's total)
+    rounded up to whole batches on every worker.
+    short_side: resize frames while decoding (None: keep the shards' size, 320 by default).
+    sampling: "random" (clip of `frames` frames every `stride`) or "segment" (one random
+    frame from each of `frames` equal segments of the whole video, for SSv2; stride unused).
+    """
+    url_list = expand_urls(urls)
+    rank, world_size = resolve_rank(rank, world_size)
+    if epoch_samples is None:
+        manifest = manifest_for_urls(url_list)
+        if manifest is None:
+            raise ValueError("epoch_samples not given and no manifest next to the shards")
+        epoch_samples = manifest["total"]
+    workers = max(1, num_workers)
+    videos_per_batch = batch_size // repeats if repeats else batch_size
+    batches_per_worker = max(1, math.ceil(epoch_samples / (world_size * workers * videos_per_batch)))
+    transform = TrainTransform(crop, scale=scale, ratio=ratio, flip=flip, rand_augment=rand_augment,
+                               erase_prob=erase_prob, mean=mean, std=std, interpolation=interpolation)
+    dataset = TrainClips(url_list, frames=frames, stride=stride, transform=transform, batch_size=batch_size,
+                         batches_per_worker=batches_per_worker, num_workers=num_workers, rank=rank,
+                         world_size=world_size, seed=seed, start_epoch=start_epoch, shuffle_buffer=shuffle_buffer,
+                         repeats=repeats, sampling=sampling, short_side=short_side,
+                         max_consecutive_failures=max_consecutive_failures)
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0, worker_init_fn=_worker_init)
+
+
+def build_eval_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 224, num_clips: int = 1,
+                      num_crops: int = 1, sampling: str = "uniform", batch_size: int = 8, num_workers: int = 2,
+                      rank: int | None = None, world_size: int | None = None, short_side: int | None = None,
+                      mean=KINETICS_MEAN, std=KINETICS_STD, pad_short: bool = True, pin_memory: bool = False,
+                      max_consecutive_failures: int = 1000) -> DataLoader:
+    """Multi-view test DataLoader: every video exactly once over all ranks, num_clips x
+    num_crops views each.
+
+    Batches as for training plus "video_id" (list[str]) and "view" (long (B,), = clip *
+    num_crops + crop) to average the views of a video. The last batch of a worker may be
+    smaller. Frames are resized while decoding to `short_side`, by default as the
+    reference tests (slowfast/datasets/kinetics.py): short side = crop for several crops,
+    crop * 256 / 224 (256 at 224) with one central crop. pad_short: a video shorter than
+    a clip repeats its last frame instead of being skipped, so none drops out of the
+    metric.
+    """
+    rank, world_size = resolve_rank(rank, world_size)
+    if short_side is None:
+        short_side = crop if num_crops > 1 else round(crop * 256 / 224)
+    dataset = EvalClips(urls, frames=frames, stride=stride, transform=EvalTransform(crop, num_crops, mean, std),
+                        num_clips=num_clips, num_crops=num_crops, sampling=sampling, batch_size=batch_size,
+                        rank=rank, world_size=world_size, short_side=short_side, pad_short=pad_short,
+                        max_consecutive_failures=max_consecutive_failures)
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                      worker_init_fn=_worker_init)

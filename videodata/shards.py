@@ -1,0 +1,319 @@
+"""Writing and describing webdataset tar shards of videos.
+
+A shard `name-000123.tar` holds samples `<key>.mp4` (or the source's own extension with
+copy mode) + `<key>.json`:
+
+    {"label": 3, "label_name": "abseiling", "id": "0wR5jVB-WPk_000417_000427",
+     "fps": 30.0, "frames": 300, "duration": 10.0, "width": 427, "height": 320,
+     "gop": 16, "reencoded": true, "source": "0wR5jVB-WPk_000417_000427.mp4"}
+
+Next to the shards: `name-manifest.json` (classes, counts per shard, totals, command and
+options) and `name-failures.csv` (path, reason) for every video that could not be used.
+Samples are shuffled across shards by a seeded permutation, so a run is reproducible and
+any single shard is a fair sample of the dataset. Each shard is written to a temporary
+name and renamed when complete; the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+import random
+import re
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from videodata.decode import DecodeError, scan_video
+from videodata.encode import reencode
+from videodata.sources import VideoSource
+
+MANIFEST_SUFFIX = "-manifest.json"
+FAILURES_SUFFIX = "-failures.csv"
+FORMAT = "videodata-shards/1"
+
+
+@dataclass
+class EncodeOptions:
+    reencode: bool = True  # False: keep the original bytes (--copy)
+    short_side: int | None = 320
+    max_fps: float | None = None
+    gop: int = 16
+    crf: int = 23
+    preset: str = "veryfast"
+
+
+def shard_name(name: str, index: int) -> str:
+    return f"{name}-{index:06d}.tar"
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except OSError as exn:
+        raise DecodeError(f"cannot read: {exn.strerror or exn}") from None
+    if not data:
+        raise DecodeError("empty file")
+    return data
+
+
+def prepare_video(source: VideoSource, options: EncodeOptions) -> tuple[bytes, str, dict]:
+    """One video -> (bytes, extension, metadata). Raises DecodeError if it is unusable.
+
+    Copy mode still decodes the whole video once: that rejects files that open but do not
+    decode, and counts the frames exactly.
+    """
+    data = _read_bytes(source.path)
+    if options.reencode:
+        video, info = reencode(data, short_side=options.short_side, max_fps=options.max_fps, gop=options.gop,
+                               crf=options.crf, preset=options.preset)
+        ext = "mp4"
+    else:
+        scanned = scan_video(data)
+        video, ext = data, Path(source.path).suffix.lstrip(".").lower() or "mp4"
+        info = dict(fps=scanned.fps, frames=scanned.num_frames, width=scanned.width, height=scanned.height,
+                    gop=None)
+    meta = dict(label=source.label, label_name=source.label_name, id=source.source_id, fps=info["fps"],
+                frames=info["frames"], duration=round(info["frames"] / info["fps"], 4), width=info["width"],
+                height=info["height"], gop=info["gop"], reencoded=options.reencode,
+                source=os.path.basename(source.path))
+    return video, ext, meta
+
+
+def _prepare_task(args):
+    """Pool task: never raises, so one bad video cannot stop the run."""
+    source, options = args
+    try:
+        return source, prepare_video(source, options), None
+    except DecodeError as exn:
+        return source, None, str(exn)
+    except Exception as exn:  # a crash inside FFmpeg bindings or the encoder
+        return source, None, f"{type(exn).__name__}: {' '.join(str(exn).split())[:200]}"
+
+
+def _check_task(source: VideoSource):
+    try:
+        _read_bytes(source.path)
+        scan_video(source.path)
+        return source, None
+    except DecodeError as exn:
+        return source, str(exn)
+    except Exception as exn:
+        return source, f"{type(exn).__name__}: {' '.join(str(exn).split())[:200]}"
+
+
+def _map(fn, items, workers: int):
+    """Ordered map over items in `workers` processes (in this process when workers <= 1)."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    # fork: workers start instantly and need nothing pickled but the tasks.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
+        yield from pool.imap(fn, items, chunksize=1)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0  # fixed: no run-dependent headers
+    return info
+
+
+class _ShardSink:
+    """Writes samples into numbered shards; each shard appears only once complete."""
+
+    def __init__(self, out_dir: Path, name: str, max_count: int | None, max_bytes: int | None):
+        self.out_dir, self.name = out_dir, name
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.shards: list[dict] = []
+        self.tar = None
+        self.count = self.bytes = 0
+
+    def _open(self):
+        self.tmp = self.out_dir / (shard_name(self.name, len(self.shards)) + ".tmp")
+        self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
+        self.count = self.bytes = 0
+
+    def close_shard(self):
+        if self.tar is None:
+            return
+        self.tar.close()
+        final = self.out_dir / shard_name(self.name, len(self.shards))
+        os.replace(self.tmp, final)
+        self.shards.append(dict(file=final.name, count=self.count, bytes=os.path.getsize(final)))
+        self.tar = None
+
+    def write(self, key: str, video: bytes, ext: str, meta: dict):
+        size = len(video)
+        if self.tar is not None and ((self.max_count and self.count >= self.max_count)
+                                     or (self.max_bytes and self.bytes + size > self.max_bytes)):
+            self.close_shard()
+        if self.tar is None:
+            self._open()
+        meta_bytes = json.dumps(meta, sort_keys=True).encode()
+        self.tar.addfile(_tarinfo(f"{key}.{ext}", size), io.BytesIO(video))
+        self.tar.addfile(_tarinfo(f"{key}.json", len(meta_bytes)), io.BytesIO(meta_bytes))
+        self.count += 1
+        self.bytes += size + len(meta_bytes)
+
+    def abort(self):
+        if self.tar is not None:
+            self.tar.close()
+            os.unlink(self.tmp)
+            self.tar = None
+
+
+def write_failures(path, failures: list[tuple[str, str]]):
+    """CSV with a header row `path,reason`, written atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "reason"])
+        w.writerows(failures)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _remove_stale(out_dir: Path, name: str, keep: int):
+    """Delete shards of an earlier, larger run and leftover temporaries of this name."""
+    pattern = re.compile(re.escape(name) + r"-(\d{6})\.tar(\.tmp)?$")
+    for p in out_dir.iterdir():
+        m = pattern.match(p.name)
+        if m and (m.group(2) or int(m.group(1)) >= keep):
+            p.unlink()
+
+
+def url_pattern(name: str, num_shards: int) -> str:
+    """Brace pattern covering the shards, e.g. train-{000000..000041}.tar."""
+    if num_shards == 1:
+        return shard_name(name, 0)
+    return f"{name}-{{{0:06d}..{num_shards - 1:06d}}}.tar"
+
+
+def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None = 1000,
+                 max_bytes: int | None = 1_000_000_000, reencode: bool = True, short_side: int | None = 320,
+                 max_fps: float | None = None, gop: int = 16, crf: int = 23, preset: str = "veryfast",
+                 workers: int = 1, seed: int = 0, classes: list[str] | None = None,
+                 failures: list[tuple[str, str]] = (), command: str | None = None, inputs: dict | None = None,
+                 progress: bool = False) -> dict:
+    """Write videos into webdataset shards; returns the manifest (also written to disk).
+
+    samples: VideoSource objects, or (path, label_name) pairs (labels are then indexed in
+    `classes`, default: their sorted names). failures: (path, reason) pairs found before
+    encoding (e.g. missing files) to record with the rest. A video that cannot be decoded
+    is recorded in the failures file and skipped; the run always completes.
+    """
+    samples = list(samples)
+    if samples and not isinstance(samples[0], VideoSource):
+        if classes is None:
+            classes = sorted({label for _, label in samples if label is not None})
+        index = {c: i for i, c in enumerate(classes)}
+        samples = [VideoSource(p, index[lb] if lb is not None else -1, lb) for p, lb in samples]
+    classes = list(classes or [])
+    if max_count is None and max_bytes is None:
+        raise ValueError("give max_count and/or max_bytes")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = EncodeOptions(reencode=reencode, short_side=short_side, max_fps=max_fps, gop=gop, crf=crf,
+                            preset=preset)
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    failed = list(failures)
+    sink = _ShardSink(out_dir, name, max_count, max_bytes)
+    per_class = [0] * len(classes)
+    start = time.time()
+    bar = _progress(len(samples), progress, name)
+    try:
+        tasks = ((samples[i], options) for i in order)
+        for source, result, error in _map(_prepare_task, tasks, workers):
+            if error is None:
+                sink.write(f"{sum(s['count'] for s in sink.shards) + sink.count:08d}", *result)
+                if 0 <= source.label < len(per_class):
+                    per_class[source.label] += 1
+            else:
+                failed.append((source.path, error))
+            bar.update(1)
+            bar.set_postfix(failures=len(failed), refresh=False)
+        sink.close_shard()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        bar.close()
+    _remove_stale(out_dir, name, len(sink.shards))
+    write_failures(out_dir / (name + FAILURES_SUFFIX), failed)
+    total = sum(s["count"] for s in sink.shards)
+    manifest = dict(
+        format=FORMAT, name=name, classes=classes, num_classes=len(classes),
+        total=total, total_bytes=sum(s["bytes"] for s in sink.shards), per_class=per_class,
+        shards=sink.shards, url_pattern=url_pattern(name, len(sink.shards)) if sink.shards else None,
+        failures=len(failed), failures_file=name + FAILURES_SUFFIX,
+        options=dict(asdict(options), max_count=max_count, max_bytes=max_bytes, seed=seed, workers=workers),
+        inputs=inputs or {}, command=command, seconds=round(time.time() - start, 1),
+    )
+    _write_json(out_dir / (name + MANIFEST_SUFFIX), manifest)
+    return manifest
+
+
+def check_videos(samples, *, workers: int = 1, progress: bool = False) -> list[tuple[str, str]]:
+    """Decode every video once; returns (path, reason) for each one that cannot be used."""
+    samples = list(samples)
+    failed = []
+    bar = _progress(len(samples), progress, "check")
+    try:
+        for source, error in _map(_check_task, samples, workers):
+            if error is not None:
+                failed.append((source.path, error))
+            bar.update(1)
+            bar.set_postfix(failures=len(failed), refresh=False)
+    finally:
+        bar.close()
+    return failed
+
+
+def read_manifest(path_or_dir) -> dict:
+    """The manifest of a shard set: a `*-manifest.json` path, or a folder holding one.
+
+    Keys include `classes` (list of names), `num_classes`, `total` (samples), `shards`
+    (file, count, bytes) and `url_pattern` (relative to the manifest's folder).
+    """
+    p = Path(path_or_dir)
+    if p.is_dir():
+        found = sorted(p.glob("*" + MANIFEST_SUFFIX))
+        if len(found) != 1:
+            what = "no" if not found else "several (" + ", ".join(f.name for f in found) + ")"
+            raise FileNotFoundError(f"{p}: {what} *{MANIFEST_SUFFIX} files; pass the manifest path")
+        p = found[0]
+    with open(p, encoding="utf-8") as f:
+        manifest = json.load(f)
+    manifest["dir"] = str(p.parent)
+    return manifest
+
+
+def manifest_for_urls(urls: list[str]) -> dict | None:
+    """The manifest next to local shards named like ours (`<name>-NNNNNN.tar`), if any."""
+    m = re.match(r"^(?:file:)?(.*?)-\d{6}\.tar$", urls[0]) if urls else None
+    if not m:
+        return None
+    path = Path(m.group(1) + MANIFEST_SUFFIX)
+    return read_manifest(path) if path.is_file() else None

@@ -1,0 +1,125 @@
+"""Synthetic labelled videos written as real mp4 files, for tests and the no-data demo.
+
+Each video is one shape (circle, square, triangle) crossing a textured background in one
+direction (left, right, up, down): 12 classes named "<shape>_<direction>", so a model
+must see motion to tell "circle_left" from "circle_right". Files land in the
+class-per-folder layout `root/<label>/<id>.mp4` that scripts/make_shards.py reads.
+
+With mark_frames=True the background is a flat colour that encodes the frame index, so a
+test can read back which source frames a loader returned, whatever the crop, resize or
+flip (the shape covers well under half of the frame, so the per-channel median is the
+background):
+
+    red   = 8 + 16 * (index % 16)
+    green = 8 + 16 * (index // 16 % 16)
+    blue  = 128
+
+16 grey levels apart survive H.264 at the default quality; 256 frames at most.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from videodata.encode import Mp4Writer
+
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("left", "right", "up", "down")
+LABELS = tuple(f"{s}_{d}" for s in SHAPES for d in DIRECTIONS)
+MARK_STEP, MARK_OFFSET, MARK_MAX_FRAMES = 16, 8, 256
+
+
+def frame_marker(index: int) -> tuple[int, int, int]:
+    """RGB colour of the background of frame `index` when mark_frames=True."""
+    if not 0 <= index < MARK_MAX_FRAMES:
+        raise ValueError(f"frame index {index} cannot be marked (0..{MARK_MAX_FRAMES - 1})")
+    return (MARK_OFFSET + MARK_STEP * (index % 16), MARK_OFFSET + MARK_STEP * (index // 16 % 16), 128)
+
+
+def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A smooth coloured texture, (H, W, 3) float in [0, 255]: gratings plus blurred noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    tex = np.zeros((height, width, 3), np.float32)
+    for _ in range(3):
+        freq = rng.uniform(0.02, 0.15)
+        angle = rng.uniform(0, np.pi)
+        wave = np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)) + rng.uniform(0, 2 * np.pi))
+        tex += wave[..., None] * rng.uniform(10, 40, size=3)
+    # Low-frequency blobs: random values on a coarse grid, repeated up to the frame size.
+    coarse = rng.uniform(-40, 40, size=(height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
+    tex += np.repeat(np.repeat(coarse, 16, 0), 16, 1)[:height, :width]
+    return np.clip(tex + rng.uniform(80, 170, size=3), 0, 255)
+
+
+def _shape_mask(shape: str, size: int) -> np.ndarray:
+    """(size, size) bool mask of the shape."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    c = size / 2
+    if shape == "circle":
+        return (yy - c) ** 2 + (xx - c) ** 2 <= c * c
+    if shape == "square":
+        return np.ones((size, size), bool)
+    # Triangle pointing up: apex at the top centre, base at the bottom.
+    return np.abs(xx - c) <= yy / 2
+
+
+def synthetic_frames(label: str, *, frames: int, size: tuple[int, int], seed: int,
+                     mark_frames: bool = False, noise: float = 0.0):
+    """Yield the frames of one video of class `label`, each (H, W, 3) uint8."""
+    shape, direction = label.split("_")
+    height, width = size
+    rng = np.random.default_rng(seed)
+    background = None if mark_frames else _texture(rng, height, width)
+    side = max(4, int(min(height, width) * rng.uniform(0.2, 0.3)))
+    mask = _shape_mask(shape, side)
+    colour = rng.uniform(0, 255, size=3).astype(np.float32)
+    # The shape travels from one edge region to the opposite one over the clip.
+    travel_x, travel_y = width - side, height - side
+    fixed = rng.uniform(0.2, 0.8)
+    for t in range(frames):
+        p = t / max(1, frames - 1)
+        x, y = {"right": (p * travel_x, fixed * travel_y), "left": ((1 - p) * travel_x, fixed * travel_y),
+                "down": (fixed * travel_x, p * travel_y), "up": (fixed * travel_x, (1 - p) * travel_y)}[direction]
+        x, y = int(round(x)), int(round(y))
+        if mark_frames:
+            frame = np.empty((height, width, 3), np.float32)
+            frame[:] = frame_marker(t)
+        else:
+            # The camera pans slowly so that the background is not static either.
+            frame = np.roll(background, t, axis=1).copy()
+            if noise > 0:
+                frame += rng.normal(0, noise, size=frame.shape).astype(np.float32)
+        patch = frame[y:y + side, x:x + side]
+        patch[mask[:patch.shape[0], :patch.shape[1]]] = colour
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def write_synthetic_videos(root, num_videos: int, *, frames: int = 48, size: tuple[int, int] = (128, 160),
+                           fps: float = 24, seed: int = 0, mark_frames: bool = False, noise: float = 0.0,
+                           gop: int | None = 12, crf: int = 23, preset: str = "veryfast",
+                           labels=LABELS, frames_per_video=None) -> list[tuple[str, str]]:
+    """Write `num_videos` mp4 files as root/<label>/<id>.mp4; returns [(path, label), ...].
+
+    Video i has class labels[i % len(labels)], so classes are balanced. frames_per_video
+    (a callable i -> frame count) gives videos of different lengths. gop=None keeps
+    x264's default keyframe interval (250), like typical downloaded video; noise adds
+    per-frame grain so the bitrate looks more like camera footage.
+    """
+    root = Path(root)
+    out = []
+    for i in range(num_videos):
+        label = labels[i % len(labels)]
+        n = frames if frames_per_video is None else int(frames_per_video(i))
+        path = root / label / f"{i:05d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with Mp4Writer(str(tmp), width=size[1], height=size[0], fps=fps, gop=gop, crf=crf, preset=preset) as w:
+            for frame in synthetic_frames(label, frames=n, size=size, seed=seed * 100003 + i,
+                                          mark_frames=mark_frames, noise=noise):
+                w.write(frame)
+        os.replace(tmp, path)
+        out.append((str(path), label))
+    return out
