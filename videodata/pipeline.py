@@ -136,7 +136,9 @@ def _read_shard(url: str, guard: _FailureGuard):
     """Samples of one shard; an unreadable shard (or tar member) is logged and counted."""
 
     def handler(exn):
-        guard.failed(f"shard {url}", " ".join(str(exn).split())[:200], sample=False)
+        # webdataset appends the stream and URL to exn.args; the first one is the reason.
+        reason = exn.args[0] if exn.args else exn
+        guard.failed(f"shard {url}", f"{type(exn).__name__}: {' '.join(str(reason).split())[:200]}", sample=False)
         return True  # continue with the next shard / member
 
     yield from wds.tarfile_to_samples(handler=handler)([dict(url=url)])
@@ -284,10 +286,9 @@ class EvalClips(IterableDataset):
             return segment_clips(num_frames, self.frames, self.num_clips, pad=self.pad_short)
         return uniform_clips(num_frames, self.frames, self.stride, self.num_clips, pad=self.pad_short)
 
-    def __iter__(self):
+    def _views(self, guard: _FailureGuard):
+        """Every view of every video this worker owns, as item dicts."""
         slot = _Slot(self.rank, self.world_size, seed=0, epoch=0)
-        guard = _FailureGuard(self.max_consecutive_failures)
-        items = []
         for r in _my_samples(self.urls, slot, guard, resample=False):
             try:
                 sample = _to_sample(r)
@@ -301,14 +302,26 @@ class EvalClips(IterableDataset):
             guard.ok()
             for k, clip in enumerate(clips):
                 for c in range(self.num_crops):
-                    video = self.transform(frames[k * self.frames:(k + 1) * self.frames], c)
-                    items.append(dict(video=video, label=sample.label, frame_index=clip, video_id=sample.video_id,
-                                      view=k * self.num_crops + c))
-                    if len(items) == self.batch_size:
-                        yield _collate(items, guard.take())
-                        items = []
-        if items:
-            yield _collate(items, guard.take())
+                    yield dict(video=self.transform(frames[k * self.frames:(k + 1) * self.frames], c),
+                               label=sample.label, frame_index=clip, video_id=sample.video_id,
+                               view=k * self.num_crops + c)
+
+    def __iter__(self):
+        guard = _FailureGuard(self.max_consecutive_failures)
+        items, full = [], None
+        for item in self._views(guard):
+            # A full batch waits for the next good view, so that videos skipped after it
+            # are still counted in some batch (the stream ends here, unlike training's).
+            if full is not None:
+                yield _collate(full, guard.take())
+                full = None
+            items.append(item)
+            if len(items) == self.batch_size:
+                full, items = items, []
+        if full is not None or items:
+            yield _collate(full or items, guard.take())
+        elif guard.since_batch:
+            log.warning("videodata: a worker skipped all of its %d samples", guard.since_batch)
 
 
 def _worker_init(_):

@@ -1,0 +1,182 @@
+"""Bad videos never stop a run: at preparation they go to the failures file, at load
+they are skipped, warned about and counted."""
+
+import csv
+import importlib.util
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from videodata import build_eval_loader, build_train_loader, read_manifest
+from videodata.encode import encode_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD_FRAMES = 16
+
+
+def make_shards_main(args):
+    spec = importlib.util.spec_from_file_location("make_shards", ROOT / "scripts" / "make_shards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args)
+
+
+def rgb(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 48, 3), dtype=np.uint8)
+
+
+def faststart_mp4(path: Path, n=24) -> bytes:
+    """mp4 with the index (moov) first, as web downloads often are: a truncated copy still
+    opens and decodes its first frames."""
+    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for i, f in enumerate(rgb(n, 5)):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path.read_bytes()
+
+
+def audio_only_mp4() -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=8000, layout="mono")
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 8000, i * 1024
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory):
+    """{name: bytes} of every kind of bad input, plus two good videos and a short one."""
+    tmp = tmp_path_factory.mktemp("bad")
+    plain = encode_frames(rgb(24, 1), fps=12)
+    files = {
+        "zero.mp4": b"",
+        "truncated.mp4": plain[: len(plain) // 2],  # index at the end: does not open
+        "truncated_faststart.mp4": faststart_mp4(tmp / "fs.mp4")[:-4000],  # opens, then fails
+        "audio_only.mp4": audio_only_mp4(),
+        "text.mp4": b"this is a text file, not a video\n" * 20,
+        "good1.mp4": encode_frames(rgb(GOOD_FRAMES, 2), fps=12),
+        "good2.mp4": encode_frames(rgb(GOOD_FRAMES, 3), fps=12),
+        "short.mp4": encode_frames(rgb(3, 4), fps=12),
+    }
+    return files
+
+
+BAD = {"zero.mp4": "empty file", "truncated.mp4": "cannot open", "truncated_faststart.mp4": "",
+       "audio_only.mp4": "no video stream", "text.mp4": "cannot open"}
+
+
+def test_preparation_records_failures_and_completes(bad_files, tmp_path):
+    src = tmp_path / "videos"
+    src.mkdir()
+    for name, data in bad_files.items():
+        (src / name).write_bytes(data)
+    out = tmp_path / "shards"
+    rc = make_shards_main(["unlabeled", str(src), "--out", str(out), "--workers", "2", "--no-progress"])
+    assert rc == 0
+    m = read_manifest(out)
+    assert m["total"] == 3 and m["failures"] == len(BAD)  # good1, good2, short
+    with open(out / "data-failures.csv", newline="") as f:
+        rows = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
+    assert set(rows) == set(BAD)
+    for name, reason in BAD.items():
+        assert reason in rows[name] and "\n" not in rows[name]
+    assert "decod" in rows["truncated_faststart.mp4"] or "truncated" in rows["truncated_faststart.mp4"]
+    # --check finds the same files and says so with exit code 1
+    rc = make_shards_main(["unlabeled", str(src), "--out", str(tmp_path / "check"), "--check", "--no-progress",
+                           "--workers", "1"])
+    assert rc == 1
+    with open(tmp_path / "check" / "data-failures.csv", newline="") as f:
+        assert {Path(r["path"]).name for r in csv.DictReader(f)} == set(BAD)
+    assert not list((tmp_path / "check").glob("*.tar"))
+
+
+def write_raw_shard(path: Path, samples):
+    """A shard written by hand, bypassing preparation: (key, video bytes, meta or None)."""
+    with tarfile.open(path, "w") as tar:
+        for key, data, meta in samples:
+            members = [(f"{key}.mp4", data)]
+            if meta is not None:
+                members.append((f"{key}.json", json.dumps(meta).encode()))
+            for name, payload in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+@pytest.fixture(scope="session")
+def bad_shards(bad_files, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_shards")
+    samples = []
+    # (A truncated faststart file is bad for preparation, but its first frames decode: at
+    # load time only clips past the cut would fail, so it is left out here.)
+    for i, (name, data) in enumerate(bad_files.items()):
+        if name == "truncated_faststart.mp4":
+            continue
+        frames = 3 if name == "short.mp4" else GOOD_FRAMES
+        samples.append((f"{i:04d}", data, dict(id=name, label=i, frames=frames, fps=12)))
+    samples.append(("0100", bad_files["good1.mp4"], None))  # no metadata: no frame count
+    write_raw_shard(root / "mixed-000000.tar", samples)
+    (root / "mixed-000001.tar").write_bytes(b"not a tar file at all" * 50)
+    write_raw_shard(root / "allbad-000000.tar", [(f"{i:04d}", b"junk" * 10, dict(frames=8, fps=12))
+                                                  for i in range(30)])
+    return root
+
+
+def test_eval_skips_and_counts(bad_shards, caplog):
+    urls = str(bad_shards / "mixed-{000000..000001}.tar")
+    loader = build_eval_loader(urls, frames=4, stride=2, crop=16, batch_size=2, num_workers=0, pad_short=False)
+    ids, skipped = [], 0
+    with caplog.at_level("WARNING", logger="videodata"):
+        for batch in loader:
+            ids += batch["video_id"]
+            skipped += int(batch["skipped"])
+    assert sorted(ids) == ["good1.mp4", "good2.mp4"]
+    # 4 bad files + the short video + the sample without metadata
+    assert skipped == 4 + 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("mixed-000001.tar" in m for m in messages)  # the broken shard was reported
+    assert all("\n" not in m for m in messages)
+
+
+def test_eval_pads_short_videos_by_default(bad_shards):
+    loader = build_eval_loader(str(bad_shards / "mixed-000000.tar"), frames=4, stride=2, crop=16, batch_size=8,
+                               num_workers=0)
+    batches = list(loader)
+    ids = [i for b in batches for i in b["video_id"]]
+    assert sorted(ids) == ["good1.mp4", "good2.mp4", "short.mp4"]
+    short = ids.index("short.mp4")
+    assert [b["frame_index"] for b in batches][0][short].tolist() == [0, 2, 2, 2]
+    assert sum(int(b["skipped"]) for b in batches) == 4 + 1
+
+
+def test_train_skips_bad_samples_and_keeps_going(bad_shards):
+    urls = str(bad_shards / "mixed-{000000..000001}.tar")
+    loader = build_train_loader(urls, frames=4, stride=2, crop=16, batch_size=2, num_workers=0, epoch_samples=8,
+                                shuffle_buffer=4)
+    skipped = 0
+    for batch in loader:
+        assert set(batch["video_id"]) <= {"good1.mp4", "good2.mp4"}
+        assert batch["video"].shape == (2, 3, 4, 16, 16)
+        skipped += int(batch["skipped"])
+    assert skipped >= 4
+
+
+@pytest.mark.timeout(60)
+def test_nothing_retries_forever(bad_shards):
+    loader = build_train_loader(str(bad_shards / "allbad-000000.tar"), frames=4, stride=2, crop=16, batch_size=2,
+                                num_workers=0, epoch_samples=4, max_consecutive_failures=50)
+    with pytest.raises(RuntimeError, match="consecutive failures"):
+        next(iter(loader))
