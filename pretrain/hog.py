@@ -128,8 +128,9 @@ class HOGLayer(nn.Module):
         gy = torch.add(d[..., :-2], d[..., 2:]).add_(d[..., 1:-1], alpha=2)  # (n, C, H, W)
         magnitude = (gx * gx).addcmul_(gy, gy).sqrt_()
         # HOGLayerC: phase = atan2(gx, gy) / pi * nbins in [-nbins, nbins], hard-binned by
-        # its floor.
-        phase = torch.atan2(gx, gy).mul_(self.nbins / math.pi).floor_()
+        # its floor. A NaN pixel (NaN / inf input) votes into slot 0 with a NaN magnitude,
+        # so the targets turn NaN as in the reference instead of indexing out of range.
+        phase = torch.atan2(gx, gy).mul_(self.nbins / math.pi).floor_().nan_to_num_(nan=0.0)
         return _cell_sums(phase, magnitude, self.cell_size, 2 * self.nbins + 1, shift=self.nbins)
 
     def _skimage(self, frames: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,6 @@ class HOGLayer(nn.Module):
         hist = _l2_normalize(hist, eps=1e-5, squared_eps=True)
         hist = _l2_normalize(hist.clamp(max=0.2), eps=1e-5, squared_eps=True)
         return hist.to(_compute_dtype(frames))
-
 
 
 def _cell_sums(
@@ -266,7 +266,9 @@ def pixel_targets(
         raise ValueError(f"clip {T}x{H}x{W} is not divisible by patch {pt}x{ph}x{pw}")
     t, h, w = T // pt, H // ph, W // pw
     if grid is not None and tuple(grid) != (t, h, w):
-        raise ValueError(f"patch {tuple(patch)} on clip {T}x{H}x{W} gives grid {(t, h, w)}, not {tuple(grid)}")
+        raise ValueError(
+            f"patch {tuple(patch)} on clip {T}x{H}x{W} gives grid {(t, h, w)}, not {tuple(grid)}"
+        )
     with torch.autocast(device_type=clip.device.type, enabled=False):
         x = clip.to(_compute_dtype(clip)).reshape(B, C, t, pt, h, ph, w, pw)
         x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, t, h, w, pt, ph, pw, C)

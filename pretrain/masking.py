@@ -155,7 +155,7 @@ class CubeMaskGenerator:
             new = bt * bh_c * bw_c - covered
             ok = (bh < h) & (bw < w) & (new >= 1) & (new <= remaining[:, None]) & active[:, None]
             # First acceptable try per sample (A where none): the reference stops there.
-            first = torch.where(ok, tries, A).min(dim=1).values  # (B,)
+            first = torch.where(ok, tries, A).amin(dim=1)  # (B,)
             placed = first < A
             pick = first.clamp(max=A - 1)[:, None]
             chosen = torch.stack([front, top, left, bt, bh_c, bw_c, new], dim=1)  # (B, 7, A)
@@ -191,9 +191,9 @@ def _box_sums(mask, front, top, left, bt, bh, bw):
     a = torch.stack([front + bt, front], -1)[..., :, None, None]  # (B, A, 2, 1, 1)
     b = torch.stack([top + bh, top], -1)[..., None, :, None]
     c = torch.stack([left + bw, left], -1)[..., None, None, :]
-    corners = ((a * (h + 1) + b) * (w + 1) + c).flatten(2)  # (B, A, 8)
+    corners = ((a * (h + 1) + b) * (w + 1) + c).flatten(1)  # (B, A*8)
+    values = S.view(B, -1).gather(1, corners).view(B, -1, 8)  # (B, A, 8)
     sign = torch.tensor([1, -1, -1, 1, -1, 1, 1, -1], device=mask.device)
-    values = S.view(B, 1, -1).expand(-1, corners.shape[1], -1).gather(2, corners)
     return (values * sign).sum(-1)
 
 

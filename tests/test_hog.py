@@ -120,6 +120,15 @@ def test_no_gradients_and_float32_under_bf16_autocast():
     torch.testing.assert_close(HOGLayer().bfloat16()(x), out)
 
 
+def test_non_finite_input_gives_nan_targets_not_an_index_error():
+    x = torch.rand(1, 3, 16, 16)
+    x[0, 1, 5, 5] = float("nan")
+    x[0, 2, 9, 9] = float("inf")
+    out = HOGLayer()(x)
+    assert out[0, 0].isfinite().all()  # channels are independent
+    assert out[0, 1, :, 0, 0].isnan().all() and out[0, 2, :, 1, 1].isnan().any()
+
+
 def test_buffers_named_like_the_reference_checkpoint():
     state = HOGLayer().state_dict()
     assert set(state) == {"weight_x", "weight_y"}
@@ -188,6 +197,19 @@ def test_skimage_mode_matches_skimage(name):
     assert out.shape == (1, 1, 9, img.shape[0] // 8, img.shape[1] // 8)
     ours = out[0, 0].permute(1, 2, 0).double().numpy()  # (rows, cols, 9), as skimage
     np.testing.assert_allclose(ours, _skimage_reference(img), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("nbins", [4, 9])
+def test_skimage_mode_bin_edges_on_exact_angles(nbins):
+    # Small integers give many gradients at exactly 0, 45, 90 and 135 degrees, which
+    # are bin edges for nbins=4: pins down skimage's [edge_i, edge_i+1) convention.
+    rng = np.random.default_rng(3)
+    r, c = np.meshgrid(np.arange(32.0), np.arange(40.0), indexing="ij")
+    img = np.stack([rng.integers(0, 3, (32, 40)).astype(float), r + c, r - 2 * (c % 2)], -1)
+    out = HOGLayer(nbins=nbins, mode="skimage")(torch.from_numpy(img).permute(2, 0, 1)[None])
+    ref = skimage_hog(img, orientations=nbins, pixels_per_cell=(8, 8), cells_per_block=(1, 1),
+                      channel_axis=-1, feature_vector=False)[:, :, 0, 0, :]
+    np.testing.assert_allclose(out[0, 0].permute(1, 2, 0).numpy(), ref, atol=1e-5, rtol=0)
 
 
 def test_skimage_mode_batch_equals_single_frames():
