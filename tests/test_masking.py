@@ -70,7 +70,9 @@ def _reachable_block_sizes(min_area=9, max_area=49, aspect=(0.3, 1 / 0.3)):
     areas = np.linspace(min_area, max_area, 801)
     ratios = np.exp(np.linspace(math.log(aspect[0]), math.log(aspect[1]), 801))
     a, r = np.meshgrid(areas, ratios)
-    return set(zip(np.round(np.sqrt(a * r)).astype(int).ravel(), np.round(np.sqrt(a / r)).astype(int).ravel()))
+    bh = np.round(np.sqrt(a * r)).astype(int).ravel()
+    bw = np.round(np.sqrt(a / r)).astype(int).ravel()
+    return set(zip(bh, bw))
 
 
 def test_blocks_respect_size_rules_and_explain_the_mask():
