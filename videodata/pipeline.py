@@ -31,7 +31,6 @@ import os
 import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
