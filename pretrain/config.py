@@ -1,0 +1,103 @@
+"""Typed run configs: dataclasses, YAML files, dotted command-line overrides.
+
+Both stages describe their run as a dataclass tree (see pretrain/run.py, finetune/run.py).
+`parse_config(schema, argv)` merges, in order: the dataclass defaults, `--config FILE`
+(YAML), then `key.sub=value` overrides. Unknown keys and wrong types are errors that name
+the key (OmegaConf structured configs check both). `--help` lists every option with its
+type and default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad config file or override; the message is one line naming the key."""
+
+
+def _options(schema, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, help) for every leaf field of a dataclass tree."""
+    rows = []
+    hints = get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key, typ = prefix + f.name, hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            rows += _options(typ, key + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "???")
+        name = getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
+        rows.append((key, name, default, f.metadata.get("help", "")))
+    return rows
+
+
+def format_help(schema, prog: str, doc: str) -> str:
+    lines = [f"usage: {prog} [--config FILE.yaml] [key=value ...]", "", doc.strip(), "", "options (key=value):"]
+    for key, typ, default, text in _options(schema):
+        lines.append(f"  {key} ({typ}, default {default!r})" + (f": {text}" if text else ""))
+    return "\n".join(lines)
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    msg = str(e).strip().splitlines()[0]
+    key = getattr(e, "full_key", None)
+    return f"{key}: {msg}" if key and key not in msg else msg
+
+
+def parse_config(schema, argv: list[str] | None = None, *, prog: str = "run.py", doc: str = ""):
+    """-> an instance of the dataclass `schema` (a typed OmegaConf object, attribute access)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(format_help(schema, prog, doc))
+        raise SystemExit(0)
+    files, dotlist = [], []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--config":
+            if not argv:
+                raise ConfigError("--config needs a file")
+            files.append(argv.pop(0))
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+        elif "=" in arg and not arg.startswith("-"):
+            dotlist.append(arg)
+        else:
+            raise ConfigError(f"unrecognised argument {arg!r} (expected --config FILE or key=value)")
+    cfg = OmegaConf.structured(schema)
+    try:
+        for path in files:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e)) from None
+    return cfg
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def to_dict(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def flat_scalars(cfg) -> dict[str, Any]:
+    """{dotted key: int / float / str / bool} for tracker hyper-parameter tables."""
+    out = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    walk(to_dict(cfg), "")
+    return out

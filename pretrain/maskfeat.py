@@ -1,0 +1,170 @@
+"""The MaskFeat task: mask cubes of the token grid, regress HOG (and/or pixels) of the
+masked regions (Wei et al., 2022; reference `slowfast/models/masked.py`, MaskMViT).
+
+Batch -> loss in named steps:
+    make_masks      cube masks in mask units (1 temporal token × 8×8 patch tokens)
+    forward_encoder masked tokens become the mask token; every token goes through the encoder
+    targets         HOG per output token (one frame per temporal token), or normalized pixels
+    forward_loss    per-target LayerNorm + Linear head, MSE over masked tokens only
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mvit import MViT
+
+from .hog import HOGLayer, hog_targets, pixel_targets
+from .masking import CubeMaskGenerator, upsample_mask
+
+TARGETS = ("hog", "pixel")
+
+
+class MaskFeat(nn.Module):
+    """encoder: an MViT in its pretraining form (mask token, no head); input_size: (T, H, W)."""
+
+    def __init__(self, encoder: MViT, input_size: tuple[int, int, int], *, mask_ratio: float = 0.4,
+                 mask_mode: str = "cube", mask_unit: tuple[int, int, int] = (1, 8, 8),
+                 targets: tuple[str, ...] = ("hog",), hog_nbins: int = 9, hog_cell: int = 8):
+        super().__init__()
+        if encoder.mask_token is None:
+            raise ValueError("MaskFeat needs the encoder's pretraining form (create_model(..., pretraining=True))")
+        bad = [t for t in targets if t not in TARGETS]
+        if bad or not targets:
+            raise ValueError(f"targets must be a non-empty subset of {TARGETS}, got {list(targets)}")
+        self.encoder = encoder
+        self.input_size = tuple(input_size)
+        self.patch_grid = encoder.patch_grid(self.input_size)  # e.g. 8×56×56
+        self.token_grid = encoder.feature_grid(self.input_size)  # e.g. 8×14×14
+        units = tuple(g // u for g, u in zip(self.patch_grid, mask_unit))
+        if any(g % u for g, u in zip(self.patch_grid, mask_unit)) or any(
+                t % u for t, u in zip(self.token_grid, units)):
+            raise ValueError(f"mask unit {mask_unit} does not tile patch grid {self.patch_grid} "
+                             f"and output grid {self.token_grid}")
+        self.mask_grid = units  # e.g. 8×7×7
+        per_frame = units[1] * units[2]
+        # reference loader: block area in [units per frame // 5, units per frame]
+        self.masker = CubeMaskGenerator(units, mask_ratio, min_area=max(1, per_frame // 5), max_area=per_frame,
+                                        mode=mask_mode)
+        self.hog = HOGLayer(hog_nbins, hog_cell)
+        self.temporal_stride = self.input_size[0] // self.token_grid[0]  # one frame per temporal token
+        T, H, W = self.input_size
+        t, h, w = self.token_grid
+        dims = {"hog": 3 * hog_nbins * (H // hog_cell // h) * (W // hog_cell // w), "pixel": 3 * (H // h) * (W // w)}
+        D = encoder.num_features
+        self.heads = nn.ModuleDict({k: nn.Sequential(nn.LayerNorm(D, eps=1e-6), nn.Linear(D, dims[k]))
+                                    for k in targets})
+        for head in self.heads.values():
+            nn.init.trunc_normal_(head[1].weight, std=0.02)
+            nn.init.zeros_(head[1].bias)
+
+    # ------------------------------------------------------------------ named steps
+
+    def make_masks(self, batch_size: int, device) -> torch.Tensor:
+        """-> bool (B, *mask_grid), True = masked (global torch RNG: saved with checkpoints)."""
+        return self.masker(batch_size).to(device)
+
+    def forward_encoder(self, video: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """video (B, 3, T, H, W), units (B, *mask_grid) -> output tokens (B, t·h·w, D)."""
+        tokens = self.encoder.forward_features(video, mask=upsample_mask(units, self.patch_grid))
+        return tokens[:, self.encoder.num_prefix_tokens:]  # the class token predicts nothing
+
+    @torch.no_grad()
+    def targets(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """video (B, 3, T, H, W) as the model sees it -> {name: (B, t·h·w, C)} float32."""
+        out = {}
+        if "hog" in self.heads:
+            out["hog"] = hog_targets(self.hog, video, temporal_stride=self.temporal_stride, grid=self.token_grid)
+        if "pixel" in self.heads:
+            _, H, W = self.input_size
+            t, h, w = self.token_grid
+            out["pixel"] = pixel_targets(video[:, :, ::self.temporal_stride], patch=(1, H // h, W // w),
+                                         grid=self.token_grid)
+        return out
+
+    def forward_loss(self, tokens: torch.Tensor, targets: dict, units: torch.Tensor):
+        """MSE over masked tokens and all target values, per target; the loss is their sum."""
+        masked = upsample_mask(units, self.token_grid).flatten(1)  # (B, t·h·w)
+        losses = {}
+        for name, target in targets.items():
+            pred = self.heads[name](tokens[masked]).float()  # (M, C)
+            losses[name] = F.mse_loss(pred, target[masked])
+        return sum(losses.values()), losses
+
+    def forward(self, batch: dict):
+        video = batch["video"]
+        units = self.make_masks(video.shape[0], video.device)
+        tokens = self.forward_encoder(video, units)
+        loss, parts = self.forward_loss(tokens, self.targets(video), units)
+        report = {f"loss_{k}": v.detach() for k, v in parts.items()}
+        report["mask_fraction"] = units.float().mean()
+        return loss, report
+
+    # ------------------------------------------------------------------ optimizer interface
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
+
+    # ------------------------------------------------------------------ pictures
+
+    @torch.no_grad()
+    def images(self, batch: dict, index: int = 0) -> dict[str, torch.Tensor]:
+        """TensorBoard pictures of one clip: input frames with the mask, and HOG target vs
+        prediction drawn as oriented-gradient glyphs, one row per temporal token shown."""
+        was_training = self.training
+        self.eval()
+        video = batch["video"][index:index + 1]
+        units = self.make_masks(1, video.device)
+        tokens = self.forward_encoder(video, units)
+        self.train(was_training)
+        s = self.temporal_stride
+        frames = video[0, :, ::s].transpose(0, 1).float()  # (t, 3, H, W)
+        lo, hi = frames.amin(dim=(1, 2, 3), keepdim=True), frames.amax(dim=(1, 2, 3), keepdim=True)
+        frames = (frames - lo) / (hi - lo + 1e-6)
+        t, H, W = frames.shape[0], frames.shape[2], frames.shape[3]
+        mask = upsample_mask(units, (t, H, W))[0].float()  # (t, H, W)
+        shaded = frames * (1 - 0.6 * mask[:, None])  # masked regions darker
+        out = {"mask/input": _tile(shaded)}
+        if "hog" in self.heads:
+            target = self.targets(video)["hog"][0]
+            pred = self.heads["hog"](tokens[0]).float()
+            render = lambda v: _render_hog(v, self.token_grid, self.hog.nbins, self.hog.cell_size)  # noqa: E731
+            both = torch.cat([render(target), render(pred)], dim=-1)  # target | prediction
+            out["hog/target_vs_prediction"] = _tile(both[:, None].expand(-1, 3, -1, -1))
+        return out
+
+
+def _tile(frames: torch.Tensor, max_rows: int = 4) -> torch.Tensor:
+    """(t, 3, H, W) -> (3, rows·H, W): the first temporal tokens stacked vertically."""
+    return torch.cat(list(frames[:max_rows].clamp(0, 1).cpu()), dim=1)
+
+
+def _render_hog(vec: torch.Tensor, grid, nbins: int, cell: int) -> torch.Tensor:
+    """Per-token HOG vectors (t·h·w, 3·nbins·ch·cw) -> (t, h·ch·cell, w·cw·cell) glyph images:
+    each cell shows a line per bin, perpendicular to the gradient direction, as bright as
+    the bin's energy (summed over the colour channels)."""
+    t, h, w = grid
+    ch = cw = int(math.isqrt(vec.shape[1] // (3 * nbins)))
+    cells = vec.view(t, h, w, 3, nbins, ch, cw).clamp(min=0).sum(3)  # (t, h, w, nbins, ch, cw)
+    cells = cells.permute(0, 1, 4, 2, 5, 3).reshape(t, h * ch, w * cw, nbins)  # (t, Hc, Wc, nbins)
+    glyphs = _glyphs(nbins, cell, vec.device)  # (nbins, cell, cell)
+    img = torch.einsum("tyxb,bij->tyixj", cells, glyphs).reshape(t, h * ch * cell, w * cw * cell)
+    return img / img.amax().clamp(min=1e-6)
+
+
+def _glyphs(nbins: int, size: int, device) -> torch.Tensor:
+    """(nbins, size, size): a centred line per orientation bin, at the bin's mid angle + 90°."""
+    c = (size - 1) / 2
+    yy, xx = torch.meshgrid(torch.arange(size, device=device) - c, torch.arange(size, device=device) - c,
+                            indexing="ij")
+    out = []
+    for b in range(nbins):
+        # the reference's angle atan2(gx, gy) is measured from the vertical axis
+        theta = (b + 0.5) * math.pi / nbins + math.pi / 2
+        dist = (xx * math.cos(theta) - yy * math.sin(theta)).abs()  # distance to the line
+        out.append((dist < 0.6).float())
+    return torch.stack(out)

@@ -1,0 +1,147 @@
+"""MaskFeat pretraining of MViTv2 on video shards.
+
+    accelerate launch pretrain/run.py [--config FILE.yaml] [key=value ...]
+
+With no arguments: the demo. A small synthetic dataset is made under data/demo (once),
+a 1.7M-parameter MViTv2 is pretrained on CPU for a few minutes, and the run ends by
+printing where its checkpoints, encoder export and TensorBoard logs are.
+Recipes: configs/pretrain/*.yaml (MaskFeat MViTv2-S / L 16x4 on Kinetics-400).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+if __package__ in (None, ""):  # `accelerate launch pretrain/run.py` runs this file as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import mvit  # noqa: E402
+from pretrain.config import ConfigError, parse_config, to_dict  # noqa: E402
+from pretrain.maskfeat import MaskFeat  # noqa: E402
+from pretrain.runtime import (OptimConfig, Schedule, TrainConfig, Trainer, configure_logging, describe,  # noqa: E402
+                              make_accelerator, start_run)
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default="mvitv2_demo_8x2_maskfeat", metadata={"help": "a name from mvit.list_models()"})
+    arch: Dict[str, Any] = field(default_factory=dict, metadata={"help": "MViTConfig overrides, e.g. {depths: [..]}"})
+
+
+@dataclass
+class DataConfig:
+    train: str = field(default="", metadata={"help": "shard URL pattern; '' = the synthetic demo dataset"})
+    demo_root: str = "data/demo"
+    frames: int = 8
+    stride: int = 2
+    crop: int = 128
+    scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])
+    flip: bool = True
+    short_side: Optional[int] = field(default=None, metadata={"help": "resize while decoding; null: as stored"})
+    epoch_samples: int = field(default=0, metadata={"help": "clips per epoch; 0: the manifest's total"})
+    num_workers: int = 2
+    shuffle_buffer: int = 64
+    repeats: int = 1
+
+
+@dataclass
+class MaskConfig:
+    ratio: float = 0.4
+    mode: str = field(default="cube", metadata={"help": "cube (reference), tube or random"})
+    targets: List[str] = field(default_factory=lambda: ["hog"], metadata={"help": "hog and/or pixel"})
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, warmup_steps=30, save_every=100,
+                                                                   log_every=10, image_every=50))
+
+
+def build_task(cfg: PretrainConfig) -> MaskFeat:
+    size = (cfg.data.frames, cfg.data.crop, cfg.data.crop)
+    arch = to_dict(cfg.model)["arch"]  # plain lists, not OmegaConf containers
+    encoder = mvit.create_model(cfg.model.name, pretraining=True, input_size=size, **arch)
+    if cfg.train.grad_checkpointing:
+        encoder.set_grad_checkpointing(True)
+    if cfg.train.compile:
+        encoder.compile()  # in place: parameter names (and so checkpoints / exports) stay clean
+    return MaskFeat(encoder, size, mask_ratio=cfg.mask.ratio, mask_mode=cfg.mask.mode, targets=tuple(cfg.mask.targets))
+
+
+def build_loader(cfg: PretrainConfig, urls: str, accelerator, start_epoch: int):
+    from videodata import build_train_loader
+    d = cfg.data
+    return build_train_loader(urls, frames=d.frames, stride=d.stride, crop=d.crop, batch_size=cfg.train.batch_size,
+                              num_workers=d.num_workers, seed=cfg.train.seed, epoch_samples=d.epoch_samples or None,
+                              scale=tuple(d.scale), ratio=tuple(d.ratio), flip=d.flip, short_side=d.short_side,
+                              repeats=d.repeats, rank=accelerator.process_index,
+                              world_size=accelerator.num_processes, start_epoch=start_epoch,
+                              shuffle_buffer=d.shuffle_buffer, pin_memory=accelerator.device.type == "cuda")
+
+
+def export_encoder(task: MaskFeat, cfg: PretrainConfig, step: int) -> Path:
+    """Encoder weights (safetensors, config in the metadata) + model_config.json for finetuning."""
+    out = Path(cfg.train.output_dir) / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = task.encoder
+    mvit.save_safetensors(encoder, out / "encoder.safetensors",
+                          {"model_name": cfg.model.name, "stage": "maskfeat-pretraining", "step": str(step)})
+    (out / "model_config.json").write_text(json.dumps(
+        {"model_name": cfg.model.name, "pretraining": True, "step": step,
+         "mvit_config": json.loads(mvit.config_to_json(encoder.cfg))}, indent=2))
+    return out / "encoder.safetensors"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(PretrainConfig, argv, prog="accelerate launch pretrain/run.py", doc=__doc__)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    accelerator = make_accelerator(cfg.train)
+    configure_logging(accelerator)
+
+    urls = cfg.data.train
+    if not urls:  # the demo: make the synthetic dataset once (main process), others wait
+        from videodata.demo import demo_urls, ensure_demo_dataset
+        if accelerator.is_main_process:
+            ensure_demo_dataset(cfg.data.demo_root)
+        accelerator.wait_for_everyone()
+        urls = demo_urls(cfg.data.demo_root)["train"]
+    from videodata import expand_urls
+    from videodata.shards import manifest_for_urls
+    epoch_samples = cfg.data.epoch_samples or (manifest_for_urls(expand_urls(urls)) or {}).get("total", 0)
+    if not epoch_samples:
+        print("error: data.epoch_samples is needed (no manifest next to the shards)", file=sys.stderr)
+        return 2
+
+    task = build_task(cfg)
+    sched = Schedule.derive(cfg.train, cfg.optim, epoch_samples, accelerator.num_processes)
+    trainer = Trainer(task, cfg.train, cfg.optim, sched, accelerator, start_run(accelerator, cfg, "tb"))
+    start = trainer.resume()
+    accelerator.print(f"pretraining {cfg.model.name} ({sum(p.numel() for p in task.encoder.parameters()):,} "
+                      f"encoder params) on {urls}: {describe(sched, accelerator)}")
+    # a resumed run draws fresh samples: the stream's seed moves with the start step
+    trainer.fit(build_loader(cfg, urls, accelerator, start_epoch=start))
+
+    if accelerator.is_main_process:
+        export = export_encoder(accelerator.unwrap_model(trainer.task), cfg, trainer.state.step)
+        out = Path(cfg.train.output_dir)
+        status = (f"done at step {trainer.state.step}" if trainer.state.step >= sched.total_steps else
+                  f"stopped at step {trainer.state.step} of {sched.total_steps} (continue with train.resume=latest)")
+        print(f"{status}\n  checkpoints: {out / 'checkpoints'}\n"
+              f"  encoder export: {export}\n  TensorBoard: tensorboard --logdir {out}")
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

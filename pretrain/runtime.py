@@ -1,0 +1,337 @@
+"""Run machinery shared by pretraining and finetuning: optimizer, schedule, checkpoints,
+logging and the training loop.
+
+A stage supplies a *task* (an nn.Module whose forward maps a batch to `(loss, report)`,
+with optional `images(batch)` for TensorBoard) and a data loader; `Trainer.fit` does the
+rest with Accelerate: accumulation, clipping, the per-step lr, progress bar, TensorBoard,
+atomic `save_state` checkpoints, resume. Counting is in optimizer steps and clips; an
+"epoch" is only `data.epoch_samples` clips, used to derive step counts from recipes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from tqdm.auto import tqdm
+
+from .config import flat_scalars, to_yaml
+
+log = logging.getLogger("run")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=1e-4, metadata={"help": "lr for base_batch clips, scaled by the global batch"})
+    base_batch: int = 32
+    weight_decay: float = 0.05
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    layer_decay: Optional[float] = field(default=None, metadata={"help": "layer-wise lr decay (finetuning)"})
+    clip_grad: Optional[float] = field(default=0.02, metadata={"help": "max grad L2 norm; null: no clipping"})
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-6
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/pretrain-demo"
+    batch_size: int = field(default=8, metadata={"help": "clips per process per step"})
+    grad_accum: int = 1
+    steps: int = field(default=0, metadata={"help": "optimizer steps; 0: epochs x steps per epoch"})
+    epochs: float = 0.0
+    warmup_steps: int = field(default=0, metadata={"help": "0: warmup_epochs x steps per epoch"})
+    warmup_epochs: float = 0.0
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16"})
+    compile: bool = False
+    grad_checkpointing: bool = False
+    seed: int = 0
+    log_every: int = 10
+    image_every: int = field(default=100, metadata={"help": "TensorBoard images every N steps; 0: never"})
+    save_every: int = 500
+    keep_last: int = 3
+    resume: str = field(default="", metadata={"help": "'latest', a checkpoint folder, or '' (fresh run)"})
+    stop_after: int = field(default=0, metadata={"help": "end this invocation after N steps, checkpointed "
+                                                         "(time-limited jobs); resume=latest continues"})
+    progress: bool = True
+    audit: bool = field(default=False, metadata={"help": "write per-rank sample ids and a weight checksum"})
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"train.precision must be auto, fp32, bf16 or fp16, not {precision!r}")
+    out = Path(cfg.output_dir)
+    acc = Accelerator(
+        mixed_precision="no" if precision == "fp32" else precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out)),
+    )
+    set_seed(cfg.seed + acc.process_index)  # different masks / dropout per rank, reproducible
+    return acc
+
+
+@dataclass
+class Schedule:
+    """Step counts derived once from the recipe (epochs of `epoch_samples` clips)."""
+
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    lr: float  # peak lr after batch scaling
+
+    @classmethod
+    def derive(cls, train: TrainConfig, optim: OptimConfig, epoch_samples: int, num_processes: int):
+        global_batch = train.batch_size * num_processes * train.grad_accum
+        per_epoch = max(1, math.ceil(epoch_samples / global_batch))
+        total = train.steps or round(train.epochs * per_epoch)
+        warmup = train.warmup_steps or round(train.warmup_epochs * per_epoch)
+        if total <= 0:
+            raise ValueError("set train.steps or train.epochs (> 0)")
+        if warmup >= total:
+            raise ValueError(f"warmup ({warmup} steps) must be shorter than the run ({total} steps)")
+        return cls(global_batch, per_epoch, total, warmup, optim.lr * global_batch / optim.base_batch)
+
+
+def make_optimizer(model: torch.nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on 1-D params, biases and model.no_weight_decay(); optional
+    layer decay through model.group_matcher (timm's implementation)."""
+    return create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=optim.weight_decay,
+                               layer_decay=optim.layer_decay, betas=tuple(optim.betas))
+
+
+def make_scheduler(optimizer, optim: OptimConfig, sched: Schedule) -> CosineLRScheduler:
+    """Linear warmup from warmup_lr, then cosine to min_lr over the remaining steps; stepped
+    per optimizer step with `step_update(step)`, so the lr is a function of the step."""
+    return CosineLRScheduler(optimizer, t_initial=sched.total_steps - sched.warmup_steps, lr_min=optim.min_lr,
+                             warmup_t=sched.warmup_steps, warmup_lr_init=optim.warmup_lr, warmup_prefix=True,
+                             t_in_epochs=False)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class RunState:
+    """Counters saved with every checkpoint (registered with Accelerate)."""
+
+    def __init__(self):
+        self.step = 0
+        self.clips = 0
+
+    def state_dict(self):
+        return {"step": self.step, "clips": self.clips}
+
+    def load_state_dict(self, d):
+        self.step, self.clips = int(d["step"]), int(d["clips"])
+
+
+class Checkpoints:
+    """`save_state` folders under output_dir/checkpoints/step_XXXXXXXX, written to a hidden
+    temporary folder and renamed, so a kill at any moment leaves the last complete one."""
+
+    def __init__(self, accelerator: Accelerator, output_dir: str, keep_last: int):
+        self.acc, self.root, self.keep_last = accelerator, Path(output_dir) / "checkpoints", keep_last
+
+    def list(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if re.fullmatch(r"step_\d{8}", p.name))
+
+    def resolve(self, resume: str) -> Path | None:
+        if not resume:
+            return None
+        if resume == "latest":
+            found = self.list()
+            return found[-1] if found else None  # nothing yet: a fresh start
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"train.resume: no checkpoint folder {resume}")
+        return path
+
+    def save(self, step: int, extra: dict[str, str] | None = None) -> Path:
+        final, tmp = self.root / f"step_{step:08d}", self.root / f".tmp-step_{step:08d}"
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            for name, text in (extra or {}).items():
+                (tmp / name).write_text(text)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in self.list()[:-self.keep_last] if self.keep_last > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _unwrap(acc: Accelerator, model):
+    return acc.unwrap_model(model)
+
+
+def param_checksum(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Trainer:
+    """Owns the accelerator, optimizer, schedule and checkpoints of one run."""
+
+    def __init__(self, task: torch.nn.Module, train: TrainConfig, optim: OptimConfig, sched: Schedule,
+                 accelerator: Accelerator, config_yaml: str):
+        self.cfg, self.sched, self.acc = train, sched, accelerator
+        self.state = RunState()
+        self.optimizer = make_optimizer(task, optim, sched.lr)
+        self.scheduler = make_scheduler(self.optimizer, optim, sched)
+        self.clip_grad = optim.clip_grad
+        self.task, self.optimizer = accelerator.prepare(task, self.optimizer)
+        accelerator.register_for_checkpointing(self.state)
+        self.checkpoints = Checkpoints(accelerator, train.output_dir, train.keep_last)
+        self.config_yaml = config_yaml
+
+    def resume(self) -> int:
+        """Load `train.resume` if set; returns the step to start from."""
+        path = self.checkpoints.resolve(self.cfg.resume)
+        if path is not None:
+            self.acc.load_state(str(path))
+            self.acc.print(f"resumed from {path} at step {self.state.step}")
+        return self.state.step
+
+    def _log_images(self, batch):
+        images = _unwrap(self.acc, self.task).images(batch)
+        tracker = self.acc.get_tracker("tensorboard", unwrap=True)
+        for name, img in images.items():  # (3, H, W) float in [0, 1]
+            tracker.add_image(name, img, self.state.step)
+
+    def fit(self, loader) -> None:
+        """Train until the schedule's last step, from wherever self.state is."""
+        acc, cfg, total = self.acc, self.cfg, self.sched.total_steps
+        device = acc.device
+        bar = tqdm(total=total, initial=self.state.step, disable=not (cfg.progress and acc.is_local_main_process),
+                   unit="step", dynamic_ncols=True)
+        self.task.train()
+        window = dict(loss=0.0, n=0, wait=0.0, t0=time.perf_counter(), clips=0, skipped=0)
+        seen = []
+        it = iter(loader)
+        end = min(total, self.state.step + cfg.stop_after) if cfg.stop_after else total
+        while self.state.step < end:
+            t_wait = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:  # one "epoch" of the stream is done; it continues
+                it = iter(loader)
+                continue
+            window["wait"] += time.perf_counter() - t_wait
+            window["skipped"] += int(batch.get("skipped", 0))
+            if cfg.audit:
+                seen += list(batch.get("video_id", []))
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with acc.accumulate(self.task):
+                loss, report = self.task(batch)
+                acc.backward(loss)
+                grad_norm = None
+                if acc.sync_gradients and self.clip_grad:
+                    grad_norm = acc.clip_grad_norm_(self.task.parameters(), self.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            window["loss"] += loss.item()
+            window["n"] += 1
+            window["clips"] += batch["video"].shape[0]
+            if not acc.sync_gradients:
+                continue
+            self.state.step += 1
+            self.state.clips += window["clips"] * acc.num_processes  # ranks run equal batches
+            self.scheduler.step_update(self.state.step)
+            step = self.state.step
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == end:
+                self._log(window, report, grad_norm, bar)
+                window = dict(loss=0.0, n=0, wait=0.0, t0=time.perf_counter(), clips=0, skipped=0)
+            if cfg.image_every and step % cfg.image_every == 0 and acc.is_main_process:
+                self._log_images(batch)
+            if step % cfg.save_every == 0 or step == end:
+                self.checkpoints.save(step, {"config.yaml": self.config_yaml})
+        bar.close()
+        if cfg.audit:
+            self._write_audit(seen)
+
+    def _log(self, window, report, grad_norm, bar):
+        acc = self.acc
+        elapsed = time.perf_counter() - window["t0"]
+        stats = torch.tensor([window["loss"] / max(window["n"], 1), window["skipped"]], device=acc.device)
+        stats = acc.reduce(stats, "sum")
+        loss = stats[0].item() / acc.num_processes
+        values = {
+            "train/loss": loss,
+            "train/lr": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0),
+            "train/clips_per_s": window["clips"] * acc.num_processes / max(elapsed, 1e-9),
+            "train/data_wait_fraction": window["wait"] / max(elapsed, 1e-9),
+            "data/skipped_samples": stats[1].item(),
+            "train/epoch": self.state.clips / (self.sched.steps_per_epoch * self.sched.global_batch),
+        }
+        if grad_norm is not None:
+            values["train/grad_norm"] = float(grad_norm)
+        values.update({f"train/{k}": float(v) for k, v in report.items() if k != "loss"})
+        acc.log(values, step=self.state.step)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{values['train/lr']:.2e}",
+                        clips_s=f"{values['train/clips_per_s']:.1f}", refresh=False)
+
+    def _write_audit(self, seen):
+        out = Path(self.cfg.output_dir) / "audit"
+        out.mkdir(parents=True, exist_ok=True)
+        model = _unwrap(self.acc, self.task)
+        record = {"rank": self.acc.process_index, "step": self.state.step, "samples": seen,
+                  "param_checksum": param_checksum(model)}
+        (out / f"rank{self.acc.process_index}.json").write_text(json.dumps(record))
+
+
+def start_run(accelerator: Accelerator, cfg, run_name: str) -> str:
+    """Create the run folder, write the resolved config, start TensorBoard; returns the YAML."""
+    out = Path(cfg.train.output_dir)
+    text = to_yaml(cfg)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(text)
+    accelerator.init_trackers(run_name, config={k: v for k, v in flat_scalars(cfg).items()})
+    return text
+
+
+def configure_logging(accelerator: Accelerator) -> None:
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # no per-file lines on every save
+
+
+def describe(sched: Schedule, accelerator: Accelerator) -> dict[str, Any]:
+    return {"processes": accelerator.num_processes, "device": str(accelerator.device),
+            "global_batch": sched.global_batch, "steps": sched.total_steps, "warmup_steps": sched.warmup_steps,
+            "steps_per_epoch": sched.steps_per_epoch, "peak_lr": sched.lr}

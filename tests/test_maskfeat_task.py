@@ -1,0 +1,95 @@
+"""The MaskFeat task: masking in the encoder, targets, loss over masked tokens only."""
+import pytest
+import torch
+
+import mvit
+from pretrain.hog import HOGLayer, hog_targets
+from pretrain.maskfeat import MaskFeat
+
+SIZE = (4, 64, 64)
+
+
+def task(**kw):
+    torch.manual_seed(0)
+    enc = mvit.create_model("mvitv2_s_16x4_maskfeat", pretraining=True, depths=(1, 1, 1, 1), embed_dim=16,
+                            input_size=SIZE)
+    return MaskFeat(enc, SIZE, **kw)
+
+
+def test_grids_and_head_sizes():
+    t = task(targets=("hog", "pixel"))
+    assert t.patch_grid == (2, 16, 16) and t.token_grid == (2, 4, 4) and t.mask_grid == (2, 2, 2)
+    # 16 px per output token = 2×2 HOG cells × 3 channels × 9 bins; pixels: 16×16×3
+    assert t.heads["hog"][1].out_features == 108 and t.heads["pixel"][1].out_features == 768
+
+
+def test_loss_ignores_predictions_at_unmasked_tokens():
+    t = task()
+    video = torch.randn(2, 3, *SIZE)
+    units = t.make_masks(2, "cpu")
+    tokens = t.forward_encoder(video, units)
+    targets = t.targets(video)
+    loss, _ = t.forward_loss(tokens, targets, units)
+    from pretrain.masking import upsample_mask
+    visible = ~upsample_mask(units, t.token_grid).flatten(1)
+    assert visible.any() and (~visible).any()
+    changed = tokens.clone()
+    changed[visible] = torch.randn_like(changed[visible]) * 10
+    loss2, _ = t.forward_loss(changed, targets, units)
+    torch.testing.assert_close(loss, loss2)
+    changed[~visible] += torch.randn_like(changed[~visible])  # (a constant shift would vanish in the LayerNorm)
+    loss3, _ = t.forward_loss(changed, targets, units)
+    assert abs(loss3.item() - loss.item()) > 1e-4
+
+
+def test_loss_is_mse_over_masked_tokens_against_hog_of_the_input():
+    t = task()
+    video = torch.randn(2, 3, *SIZE)
+    units = t.make_masks(2, "cpu")
+    tokens = t.forward_encoder(video, units)
+    loss, parts = t.forward_loss(tokens, t.targets(video), units)
+    from pretrain.masking import upsample_mask
+    m = upsample_mask(units, t.token_grid).flatten(1)
+    pred = t.heads["hog"](tokens)
+    ref = hog_targets(HOGLayer(), video, temporal_stride=2, grid=t.token_grid)
+    expected = ((pred - ref) ** 2)[m].mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    t = task(targets=("hog", "pixel"))
+    video = torch.randn(2, 3, *SIZE)
+    opt = torch.optim.AdamW(t.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(30):
+        torch.manual_seed(1)  # the same masks every step: a fixed problem
+        loss, report = t({"video": video})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert set(report) == {"loss_hog", "loss_pixel", "mask_fraction"}
+
+
+def test_mask_token_gets_gradient_and_masking_changes_the_encoding():
+    t = task()
+    video = torch.randn(1, 3, *SIZE)
+    loss, _ = t({"video": video})
+    loss.backward()
+    assert t.encoder.mask_token.grad is not None and t.encoder.mask_token.grad.abs().sum() > 0
+
+
+def test_images_are_pictures():
+    t = task()
+    images = t.images({"video": torch.randn(2, 3, *SIZE)})
+    assert set(images) == {"mask/input", "hog/target_vs_prediction"}
+    for img in images.values():
+        assert img.dim() == 3 and img.shape[0] == 3 and 0 <= img.min() and img.max() <= 1
+    assert images["hog/target_vs_prediction"].shape[-1] == 2 * SIZE[2]  # target | prediction
+
+
+def test_needs_pretraining_form():
+    enc = mvit.create_model("mvitv2_s_16x4_maskfeat", depths=(1, 1, 1, 1), embed_dim=16, input_size=SIZE)
+    with pytest.raises(ValueError, match="pretraining form"):
+        MaskFeat(enc, SIZE)
