@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=6, help="batches of 4 clips per measurement")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--noise", type=float, default=10.0, help="grain std of the synthetic sources")
+    p.add_argument("--source-crf", type=int, default=23,
+                   help="x264 CRF of the sources (default 23, the re-encoding's: then only the GOP differs)")
     p.add_argument("--workdir", help="keep the videos and shards here (default: a temp folder)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
         work = Path(args.workdir or tmp)
         t0 = time.time()
         sources = write_synthetic_videos(work / "sources", args.videos, frames=int(args.seconds * args.fps),
-                                         size=(height, width), fps=args.fps, gop=None, noise=args.noise, crf=20)
+                                         size=(height, width), fps=args.fps, gop=None, noise=args.noise,
+                                         crf=args.source_crf)
         reenc = write_shards(sources, work / "reencoded", name="train", max_count=4, short_side=min(height, width),
                              gop=16, workers=2)
         copy = write_shards(sources, work / "copy", name="train", max_count=4, reencode=False, workers=2)

@@ -60,8 +60,8 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
 
 def expand_urls(urls) -> list[str]:
     """Shard URLs from a brace pattern ("a-{000000..000009}.tar"), several joined by "::",
-    or a list of them. Local paths and anything webdataset opens: http(s)://, s3:// etc.
-    through gopen, and "pipe:cmd" which runs `cmd` in a shell and reads its stdout."""
+    or a list of them. Local paths and anything webdataset's gopen opens: http(s):// (curl),
+    gs:// (gsutil), and "pipe:cmd", which runs `cmd` in a shell and reads its stdout."""
     if isinstance(urls, (str, os.PathLike)):
         urls = [str(urls)]
     out = []
@@ -88,6 +88,13 @@ class Sample:
     def label(self) -> int:
         label = self.meta.get("label", -1)
         return -1 if label is None else int(label)
+
+    @property
+    def num_frames(self) -> int:
+        n = int(self.meta.get("frames") or 0)
+        if n <= 0:
+            raise DecodeError("sample has no frame count")
+        return n
 
 
 def _to_sample(raw: dict) -> Sample:
@@ -141,6 +148,24 @@ def _read_shard(url: str, guard: _FailureGuard):
         return True  # continue with the next shard / member
 
     yield from wds.tarfile_to_samples(handler=handler)([dict(url=url)])
+
+
+def _decode(raw: dict, clips_of, short_side: int | None, guard: _FailureGuard):
+    """(sample, clips, frames) for one shard sample, or None when it is skipped.
+
+    clips_of(sample) -> list of clips (frame index lists); all of them are decoded in one
+    pass: frames is (num_clips * T, H, W, 3) uint8.
+    """
+    try:
+        sample = _to_sample(raw)
+        clips = clips_of(sample)
+        frames = decode_frames(sample.data, [i for c in clips for i in c], fps=sample.meta.get("fps"),
+                               gop=sample.meta.get("gop"), short_side=short_side)
+    except (DecodeError, TooShortError, ValueError) as exn:
+        guard.failed(f"{raw.get('__key__')} in {raw.get('__url__')}", str(exn))
+        return None
+    guard.ok()
+    return sample, clips, frames
 
 
 def _my_samples(urls: list[str], slot: _Slot, guard: _FailureGuard, resample: bool):
@@ -217,12 +242,9 @@ class TrainClips(IterableDataset):
         return len(self) * self.world_size * self.batch_size // self.repeats
 
     def _clips(self, sample: Sample, rng: random.Random) -> list[list[int]]:
-        num_frames = int(sample.meta.get("frames") or 0)
-        if num_frames <= 0:
-            raise DecodeError("sample has no frame count")
         if self.sampling == "segment":
-            return [segment_clip(num_frames, self.frames, rng=rng) for _ in range(self.repeats)]
-        return [random_clip(num_frames, self.frames, self.stride, rng) for _ in range(self.repeats)]
+            return [segment_clip(sample.num_frames, self.frames, rng=rng) for _ in range(self.repeats)]
+        return [random_clip(sample.num_frames, self.frames, self.stride, rng) for _ in range(self.repeats)]
 
     def _batches(self):
         slot = _Slot(self.rank, self.world_size, self.seed, self.start_epoch)
@@ -231,16 +253,10 @@ class TrainClips(IterableDataset):
         raw = _shuffle(_my_samples(self.urls, slot, guard, resample=True), self.shuffle_buffer, rng)
         items = []
         for r in raw:
-            try:
-                sample = _to_sample(r)
-                clips = self._clips(sample, rng)
-                wanted = [i for c in clips for i in c]
-                frames = decode_frames(sample.data, wanted, fps=sample.meta.get("fps"), gop=sample.meta.get("gop"),
-                                       short_side=self.short_side)  # (repeats * T, H, W, 3)
-            except (DecodeError, TooShortError, ValueError) as exn:
-                guard.failed(f"{r.get('__key__')} in {r.get('__url__')}", str(exn))
+            decoded = _decode(r, lambda sample: self._clips(sample, rng), self.short_side, guard)
+            if decoded is None:
                 continue
-            guard.ok()
+            sample, clips, frames = decoded  # frames: (repeats * T, H, W, 3)
             for k, clip in enumerate(clips):
                 video = self.transform(frames[k * self.frames:(k + 1) * self.frames], rng)
                 items.append(dict(video=video, label=sample.label, frame_index=clip, video_id=sample.video_id,
@@ -278,27 +294,18 @@ class EvalClips(IterableDataset):
         return self.num_clips * self.num_crops
 
     def _clips(self, sample: Sample) -> list[list[int]]:
-        num_frames = int(sample.meta.get("frames") or 0)
-        if num_frames <= 0:
-            raise DecodeError("sample has no frame count")
         if self.sampling == "segment":
-            return segment_clips(num_frames, self.frames, self.num_clips, pad=self.pad_short)
-        return uniform_clips(num_frames, self.frames, self.stride, self.num_clips, pad=self.pad_short)
+            return segment_clips(sample.num_frames, self.frames, self.num_clips, pad=self.pad_short)
+        return uniform_clips(sample.num_frames, self.frames, self.stride, self.num_clips, pad=self.pad_short)
 
     def _views(self, guard: _FailureGuard):
         """Every view of every video this worker owns, as item dicts."""
         slot = _Slot(self.rank, self.world_size, seed=0, epoch=0)
         for r in _my_samples(self.urls, slot, guard, resample=False):
-            try:
-                sample = _to_sample(r)
-                clips = self._clips(sample)
-                wanted = [i for c in clips for i in c]
-                frames = decode_frames(sample.data, wanted, fps=sample.meta.get("fps"), gop=sample.meta.get("gop"),
-                                       short_side=self.short_side)  # (clips * T, H, W, 3)
-            except (DecodeError, TooShortError, ValueError) as exn:
-                guard.failed(f"{r.get('__key__')} in {r.get('__url__')}", str(exn))
+            decoded = _decode(r, self._clips, self.short_side, guard)
+            if decoded is None:
                 continue
-            guard.ok()
+            sample, clips, frames = decoded  # frames: (num_clips * T, H, W, 3)
             for k, clip in enumerate(clips):
                 for c in range(self.num_crops):
                     yield dict(video=self.transform(frames[k * self.frames:(k + 1) * self.frames], c),
