@@ -264,7 +264,7 @@ class _TokenModel(nn.Module):
 
 
 def _batch(values, ids, views, labels):
-    video = torch.tensor(values, dtype=torch.float32)[:, :, None, None, None].expand(-1, -1, 2, 2, 2) * 1.0
+    video = torch.tensor(values, dtype=torch.float32)[:, :, None, None, None].expand(-1, -1, 2, 2, 2)
     video = video + torch.linspace(-1, 1, 8).reshape(1, 1, 2, 2, 2)  # mean over positions = value
     return {"video": video, "label": torch.tensor(labels), "video_id": ids, "view": torch.tensor(views)}
 
