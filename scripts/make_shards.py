@@ -68,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--crf", type=int, default=23, help="x264 quality, lower is better (default 23)")
         e.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
         r = q.add_argument_group("run")
-        r.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)")
+        r.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="parallel processes (default: all cores; 0: in this process, no crash protection)")
         r.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards")
+        r.add_argument("--timeout", type=int, default=600,
+                       help="seconds per video before its worker is killed and it counts as a failure (0: none)")
         r.add_argument("--check", action="store_true", help="only decode every video and report unreadable ones")
         r.add_argument("--no-progress", action="store_true")
     return p
@@ -105,7 +108,8 @@ def main(argv=None) -> int:
         return 2
     progress = not args.no_progress
     if args.check:
-        failed = list(found.missing) + check_videos(videos, workers=args.workers, progress=progress)
+        failed = list(found.missing) + check_videos(videos, workers=args.workers, timeout=args.timeout or None,
+                                                          progress=progress)
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, f"{name}-failures.csv")
         write_failures(path, failed)
@@ -119,7 +123,8 @@ def main(argv=None) -> int:
         videos, args.out, name=name, max_count=args.shard_count or None, max_bytes=args.shard_size or None,
         reencode=not args.copy, short_side=args.short_side, max_fps=args.max_fps, gop=args.gop, crf=args.crf,
         preset=args.preset, workers=args.workers, seed=args.seed, classes=found.classes, failures=found.missing,
-        command="python scripts/make_shards.py " + shlex.join(argv), inputs=inputs, progress=progress)
+        command="python scripts/make_shards.py " + shlex.join(argv), inputs=inputs, timeout=args.timeout or None,
+        progress=progress)
     print(f"{manifest['total']} videos in {len(manifest['shards'])} shards "
           f"({manifest['total_bytes'] / 1e9:.2f} GB), {manifest['failures']} failures "
           f"(see {os.path.join(args.out, manifest['failures_file'])})")

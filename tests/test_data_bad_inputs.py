@@ -5,7 +5,9 @@ import csv
 import importlib.util
 import io
 import json
+import os
 import tarfile
+import time
 from pathlib import Path
 
 import av
@@ -14,6 +16,7 @@ import pytest
 
 from videodata import build_eval_loader, build_train_loader, read_manifest
 from videodata.encode import encode_frames
+from videodata.shards import parallel_map
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_FRAMES = 16
@@ -180,3 +183,20 @@ def test_nothing_retries_forever(bad_shards):
                                 num_workers=0, epoch_samples=4, max_consecutive_failures=50)
     with pytest.raises(RuntimeError, match="consecutive failures"):
         next(iter(loader))
+
+
+def crash_or_hang(x):
+    if x == 3:
+        os._exit(7)  # as a segfault inside FFmpeg looks to the parent
+    if x == 5:
+        time.sleep(120)  # as a decoder stuck in a loop
+    return x * 10
+
+
+@pytest.mark.timeout(60)
+def test_preparation_survives_crashing_and_hanging_workers():
+    out = list(parallel_map(crash_or_hang, range(8), 2, timeout=2,
+                            on_crash=lambda x, reason: ("failed", x, reason)))
+    assert [o[1] if isinstance(o, tuple) else o for o in out] == [0, 10, 20, 3, 40, 5, 60, 70]  # in order
+    failed = [o for o in out if isinstance(o, tuple)]
+    assert all("worker process died" in reason for _, _, reason in failed)

@@ -19,12 +19,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import itertools
 import multiprocessing
 import os
 import random
 import re
+import signal
 import tarfile
 import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -98,6 +103,10 @@ def _prepare_task(args):
         return source, None, f"{type(exn).__name__}: {' '.join(str(exn).split())[:200]}"
 
 
+def _prepare_crashed(task, reason: str):
+    return task[0], None, reason
+
+
 def _check_task(source: VideoSource):
     try:
         _read_bytes(source.path)
@@ -109,15 +118,68 @@ def _check_task(source: VideoSource):
         return source, f"{type(exn).__name__}: {' '.join(str(exn).split())[:200]}"
 
 
-def _map(fn, items, workers: int):
-    """Ordered map over items in `workers` processes (in this process when workers <= 1)."""
-    if workers <= 1:
+def _check_crashed(source: VideoSource, reason: str):
+    return source, reason
+
+
+def _guarded(fn, item, timeout: int | None):
+    """Runs in a worker process: past `timeout` seconds the kernel kills the process
+    (SIGALRM's default action), which also ends a decoder stuck inside FFmpeg."""
+    if timeout:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(timeout)
+    try:
+        return fn(item)
+    finally:
+        if timeout:
+            signal.alarm(0)
+
+
+def parallel_map(fn, items, workers: int, *, on_crash, timeout: int | None = None):
+    """Ordered map of `fn` over `items` in `workers` processes (workers=0: in this process,
+    unprotected). An item whose worker dies (a crash in native code, or over `timeout`
+    seconds) yields on_crash(item, reason) instead, and the run goes on.
+    """
+    if workers <= 0:
         yield from map(fn, items)
         return
-    # fork: workers start instantly and need nothing pickled but the tasks.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        yield from pool.imap(fn, items, chunksize=1)
+    # fork: workers start at once and only the tasks are pickled.
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    items, window, pending = iter(items), 2 * workers, deque()
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+
+    def submit(n):
+        for item in itertools.islice(items, n):
+            pending.append((item, pool.submit(_guarded, fn, item, timeout)))
+
+    try:
+        submit(window)
+        while pending:
+            _, future = pending[0]
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                # One of the tasks in flight killed its worker, which broke them all: run each
+                # alone to find it, then carry on with a fresh pool.
+                pool.shutdown(wait=True)
+                in_flight = [it for it, _ in pending]
+                pending.clear()
+                reason = "worker process died (crash in native code" + (
+                    f", or over the {timeout}s time limit)" if timeout else ")")
+                for it in in_flight:
+                    with ProcessPoolExecutor(1, mp_context=context) as alone:
+                        try:
+                            yield alone.submit(_guarded, fn, it, timeout).result()
+                        except BrokenProcessPool:
+                            yield on_crash(it, reason)
+                pool = ProcessPoolExecutor(workers, mp_context=context)
+                submit(window)
+                continue
+            pending.popleft()
+            yield result
+            submit(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -215,13 +277,15 @@ def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None
                  max_fps: float | None = None, gop: int = 16, crf: int = 23, preset: str = "veryfast",
                  workers: int = 1, seed: int = 0, classes: list[str] | None = None,
                  failures: list[tuple[str, str]] = (), command: str | None = None, inputs: dict | None = None,
-                 progress: bool = False) -> dict:
+                 timeout: int | None = 600, progress: bool = False) -> dict:
     """Write videos into webdataset shards; returns the manifest (also written to disk).
 
     samples: VideoSource objects, or (path, label_name) pairs (labels are then indexed in
     `classes`, default: their sorted names). failures: (path, reason) pairs found before
     encoding (e.g. missing files) to record with the rest. A video that cannot be decoded
-    is recorded in the failures file and skipped; the run always completes.
+    is recorded in the failures file and skipped; the run always completes. workers:
+    processes that decode and encode (0: this process); a video whose worker crashes or
+    takes over `timeout` seconds is recorded as a failure too.
     """
     samples = list(samples)
     if samples and not isinstance(samples[0], VideoSource):
@@ -234,6 +298,8 @@ def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None
         raise ValueError("give max_count and/or max_bytes")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # An interrupted re-run must not leave the previous manifest describing new shards.
+    (out_dir / (name + MANIFEST_SUFFIX)).unlink(missing_ok=True)
     options = EncodeOptions(reencode=reencode, short_side=short_side, max_fps=max_fps, gop=gop, crf=crf,
                             preset=preset)
     order = list(range(len(samples)))
@@ -245,7 +311,8 @@ def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None
     bar = _progress(len(samples), progress, name)
     try:
         tasks = ((samples[i], options) for i in order)
-        for source, result, error in _map(_prepare_task, tasks, workers):
+        for source, result, error in parallel_map(_prepare_task, tasks, workers, on_crash=_prepare_crashed,
+                                                  timeout=timeout):
             if error is None:
                 sink.write(f"{sum(s['count'] for s in sink.shards) + sink.count:08d}", *result)
                 if 0 <= source.label < len(per_class):
@@ -275,13 +342,15 @@ def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None
     return manifest
 
 
-def check_videos(samples, *, workers: int = 1, progress: bool = False) -> list[tuple[str, str]]:
+def check_videos(samples, *, workers: int = 1, timeout: int | None = 600,
+                 progress: bool = False) -> list[tuple[str, str]]:
     """Decode every video once; returns (path, reason) for each one that cannot be used."""
     samples = list(samples)
     failed = []
     bar = _progress(len(samples), progress, "check")
     try:
-        for source, error in _map(_check_task, samples, workers):
+        for source, error in parallel_map(_check_task, samples, workers, on_crash=_check_crashed,
+                                          timeout=timeout):
             if error is not None:
                 failed.append((source.path, error))
             bar.update(1)
