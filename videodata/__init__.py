@@ -8,6 +8,7 @@
     shards.py     writing tar shards + manifest + failures file; reading the manifest
     pipeline.py   webdataset loaders for training (resampled) and multi-view testing
     synthetic.py  labelled synthetic mp4 videos for tests and the demo
+    demo.py       the synthetic demo dataset both stages default to
 """
 
 from videodata.decode import DecodeError, decode_frames, probe, scan_video

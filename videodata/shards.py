@@ -296,6 +296,8 @@ def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None
     classes = list(classes or [])
     if max_count is None and max_bytes is None:
         raise ValueError("give max_count and/or max_bytes")
+    if reencode and not 1 <= gop <= 32:
+        raise ValueError(f"gop must be in 1..32 (short GOPs make clips cheap to decode), got {gop}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # An interrupted re-run must not leave the previous manifest describing new shards.
