@@ -78,6 +78,9 @@ def parse_config(schema, argv: list[str] | None = None, *, prog: str = "run.py",
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # recipes mark what only the user can know (e.g. their shard paths) as ???
+        raise ConfigError(f"no value for {', '.join(missing)} (set it: {missing[0]}=...)")
     return cfg
 
 

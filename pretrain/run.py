@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    accelerator = make_accelerator(cfg.train)
+    try:
+        accelerator = make_accelerator(cfg.train)
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     configure_logging(accelerator)
 
     urls = cfg.data.train

@@ -85,6 +85,10 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out)),
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != acc.num_processes:  # e.g. `--multi_gpu` on CPU without ACCELERATE_USE_CPU=true
+        raise RuntimeError(f"{launched} processes were launched but Accelerate joined {acc.num_processes}: they would "
+                           "run as independent duplicates. On CPU set ACCELERATE_USE_CPU=true.")
     set_seed(cfg.seed + acc.process_index)  # different masks / dropout per rank, reproducible
     return acc
 
@@ -230,8 +234,9 @@ class Trainer:
         for name, img in images.items():  # (3, H, W) float in [0, 1]
             tracker.add_image(name, img, self.state.step)
 
-    def fit(self, loader) -> None:
-        """Train until the schedule's last step, from wherever self.state is."""
+    def fit(self, loader, on_step=None) -> None:
+        """Train until the schedule's last step, from wherever self.state is.
+        on_step(step): called after every optimizer step (e.g. periodic validation)."""
         acc, cfg, total = self.acc, self.cfg, self.sched.total_steps
         device = acc.device
         bar = tqdm(total=total, initial=self.state.step, disable=not (cfg.progress and acc.is_local_main_process),
@@ -280,6 +285,8 @@ class Trainer:
                 self._log_images(batch)
             if step % cfg.save_every == 0 or step == end:
                 self.checkpoints.save(step, {"config.yaml": self.config_yaml})
+            if on_step is not None:
+                on_step(step)
         bar.close()
         if cfg.audit:
             self._write_audit(seen)

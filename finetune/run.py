@@ -1,0 +1,321 @@
+"""Finetune MViTv2 for video classification, then test with multiple views.
+
+    accelerate launch finetune/run.py [--config FILE.yaml] [key=value ...]
+    accelerate launch finetune/run.py eval_only=true init=runs/finetune-demo/export/model.safetensors
+    accelerate launch finetune/run.py frozen_eval=true init=runs/pretrain-demo/export/encoder.safetensors
+
+`init` is our pretraining export, our finetuned export, a 2D image checkpoint (timm /
+facebookresearch MViTv2, inflated to 3D), a SlowFast `.pyth`, torchvision `mvit_v2_s`
+weights, a checkpoint folder of this stage, or none (from scratch). With no arguments: the
+demo, finetuning the pretraining demo's export on the synthetic demo dataset.
+Recipes: configs/finetune/*.yaml (MaskFeat MViTv2-S / L on Kinetics-400, SSv2, ImageNet inflation).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+if __package__ in (None, ""):  # `accelerate launch finetune/run.py` runs this file as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import mvit  # noqa: E402
+from finetune import evaluate  # noqa: E402
+from finetune.classify import Classification  # noqa: E402
+from pretrain.config import ConfigError, parse_config, to_dict  # noqa: E402
+from pretrain.runtime import (OptimConfig, Schedule, TrainConfig, Trainer, configure_logging, describe,  # noqa: E402
+                              make_accelerator, start_run)
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default="mvitv2_demo_8x2_maskfeat", metadata={"help": "a name from mvit.list_models()"})
+    arch: Dict[str, Any] = field(default_factory=dict, metadata={"help": "MViTConfig overrides"})
+    num_classes: int = field(default=0, metadata={"help": "0: the training shards' manifest"})
+
+
+@dataclass
+class DataConfig:
+    train: str = field(default="", metadata={"help": "shard URL pattern; '' = the synthetic demo dataset"})
+    val: str = ""
+    demo_root: str = "data/demo"
+    frames: int = 8
+    stride: int = 2
+    crop: int = 128
+    sampling: str = field(default="random", metadata={"help": "random clips, or segment (SSv2)"})
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])
+    flip: bool = True
+    rand_augment: Optional[str] = "rand-m7-n2-mstd0.5-inc1"
+    erase_prob: float = 0.25
+    repeats: int = field(default=2, metadata={"help": "clips per decoded video (repeated sampling)"})
+    short_side: Optional[int] = None
+    epoch_samples: int = 0
+    num_workers: int = 2
+    test_clips: int = 3
+    test_crops: int = 1
+    test_sampling: str = field(default="uniform", metadata={"help": "uniform clips, or segment (SSv2)"})
+
+
+@dataclass
+class MixConfig:
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class FinetuneConfig:
+    init: Optional[str] = field(default="runs/pretrain-demo/export/encoder.safetensors",
+                                metadata={"help": "weights to start from; empty or 'none': from scratch"})
+    allow_mismatch: bool = field(default=False, metadata={"help": "load what fits, report the rest, go on"})
+    eval_only: bool = False
+    frozen_eval: bool = field(default=False, metadata={"help": "kNN + linear probe on the init's features, no training"})
+    val_every: int = field(default=50, metadata={"help": "single-view validation every N steps; 0: never"})
+    ema_decay: Optional[float] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, base_batch=32, layer_decay=0.75,
+                                                                   clip_grad=5.0))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        output_dir="runs/finetune-demo", steps=200, warmup_steps=20, save_every=100, image_every=0))
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def build_model(cfg: FinetuneConfig, num_classes: int) -> torch.nn.Module:
+    size = (cfg.data.frames, cfg.data.crop, cfg.data.crop)
+    arch = to_dict(cfg.model)["arch"]
+    model = mvit.create_model(cfg.model.name, input_size=size, num_classes=num_classes, **arch)
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def load_init(model, cfg: FinetuneConfig, accelerator) -> None:
+    """Load cfg.init into the model; prints the report. Finetuning expects a new head and
+    leftover pretraining keys; evaluation demands the complete classifier."""
+    if not cfg.init or cfg.init.lower() in ("none", "scratch"):
+        accelerator.print("init: none (training from scratch)")
+        return
+    path = Path(cfg.init)
+    if path.is_dir():  # a checkpoint folder of this stage: the task's state, model under "model."
+        from safetensors.torch import load_file
+        state = load_file(str(path / "model.safetensors"))
+        source = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    elif not path.exists():
+        hint = " (run `accelerate launch pretrain/run.py` first)" if "pretrain-demo" in cfg.init else ""
+        raise mvit.CheckpointError(f"init: no such file {cfg.init}{hint}")
+    else:
+        source = str(path)
+    training = not (cfg.eval_only or cfg.frozen_eval)
+    report = mvit.load_pretrained(model, source, allow_new_head=training or cfg.frozen_eval,
+                                  allow_pretraining_keys=True, strict=not cfg.allow_mismatch)  # logs its summary
+    if accelerator.is_main_process:
+        out = Path(cfg.train.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "init_report.json").write_text(json.dumps({"init": cfg.init, **vars(report)}, indent=2))
+
+
+def resolve_data(cfg: FinetuneConfig, accelerator) -> tuple[str, str, list[str]]:
+    """(train urls, val urls, class names) — the demo dataset when data.train is empty."""
+    from videodata import expand_urls
+    from videodata.shards import manifest_for_urls
+    train, val = cfg.data.train, cfg.data.val
+    if not train:
+        from videodata.demo import demo_urls, ensure_demo_dataset
+        if accelerator.is_main_process:
+            ensure_demo_dataset(cfg.data.demo_root)
+        accelerator.wait_for_everyone()
+        urls = demo_urls(cfg.data.demo_root)
+        train, val = urls["train"], val or urls["val"]
+    manifest = manifest_for_urls(expand_urls(train)) or {}
+    classes = list(manifest.get("classes", []))
+    return train, val, classes
+
+
+def eval_loader(cfg: FinetuneConfig, urls: str, accelerator, *, clips: int, crops: int):
+    from videodata import build_eval_loader
+    d = cfg.data
+    return build_eval_loader(urls, frames=d.frames, stride=d.stride, crop=d.crop, num_clips=clips, num_crops=crops,
+                             sampling=d.test_sampling, batch_size=cfg.train.batch_size, num_workers=d.num_workers,
+                             rank=accelerator.process_index, world_size=accelerator.num_processes,
+                             short_side=d.short_side)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def gather(part, accelerator) -> list:
+    """Every rank's `part` (any picklable), in rank order, on every rank."""
+    if accelerator.num_processes == 1:
+        return [part]
+    from accelerate.utils import gather_object
+    return gather_object([part])
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator):
+    """Per-view logits of this rank's share, gathered from all ranks -> ViewAggregate."""
+    model.eval()
+    logits, ids, views, labels = [], [], [], []
+    for batch in loader:
+        with accelerator.autocast():
+            logits.append(model(batch["video"].to(accelerator.device)).float().cpu())
+        ids += list(batch["video_id"])
+        views.append(batch["view"])
+        labels.append(batch["label"])
+    if not logits:
+        raise RuntimeError("the evaluation loader produced no clips (empty or unreadable val shards?)")
+    parts = gather((torch.cat(logits), ids, torch.cat(views), torch.cat(labels)), accelerator)
+    return evaluate.aggregate_views(torch.cat([p[0] for p in parts]), [i for p in parts for i in p[1]],
+                                    torch.cat([p[3] for p in parts]), views=torch.cat([p[2] for p in parts]))
+
+
+def test_and_report(model, cfg, urls, classes, accelerator, *, prefix="test", step=0) -> dict:
+    """Multi-view test: softmax averaged per video; metrics, CSVs and a confusion image."""
+    clips, crops = cfg.data.test_clips, cfg.data.test_crops
+    agg = predict(model, eval_loader(cfg, urls, accelerator, clips=clips, crops=crops), accelerator)
+    num_classes = agg.probs.shape[1]
+    names = classes if len(classes) == num_classes else [str(i) for i in range(num_classes)]
+    metrics = evaluate.topk_accuracy(agg.probs, agg.labels)
+    preds = agg.probs.argmax(-1)
+    per_class = evaluate.per_class_accuracy(preds, agg.labels, num_classes)
+    metrics.update(videos=len(agg.ids), views=f"{clips}x{crops}",
+                   mean_class_acc=float(per_class[~per_class.isnan()].mean()))
+    if accelerator.is_main_process:
+        out = Path(cfg.train.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        evaluate.write_predictions_csv(out / f"{prefix}_predictions.csv", agg, names)
+        counts = torch.bincount(agg.labels, minlength=num_classes)
+        evaluate.write_per_class_csv(out / f"{prefix}_per_class.csv", per_class, counts, names)
+        (out / f"{prefix}_metrics.json").write_text(json.dumps(metrics, indent=2))
+        cm = evaluate.confusion_matrix(preds, agg.labels, num_classes)
+        accelerator.get_tracker("tensorboard", unwrap=True).add_image(
+            f"{prefix}/confusion", evaluate.confusion_image(cm), step)
+        accelerator.log({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=step)
+    return metrics
+
+
+def frozen_eval(model, cfg, train_urls, val_urls, accelerator) -> dict:
+    """kNN and linear probe on pooled encoder features (one central clip per video)."""
+    feats = {}
+    for split, urls in (("train", train_urls), ("val", val_urls)):
+        loader = eval_loader(cfg, urls, accelerator, clips=1, crops=1)
+        parts = gather(evaluate.extract_features(model, loader, accelerator.device, pool="mean")[:2], accelerator)
+        feats[split] = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    num_classes = int(max(feats["train"][1].max(), feats["val"][1].max())) + 1
+    (xtr, ytr), (xva, yva) = feats["train"], feats["val"]
+    knn = evaluate.knn_classify(xtr, ytr, xva, num_classes, k=min(20, len(ytr)))
+    probe = evaluate.linear_probe(xtr, ytr, xva, num_classes, seed=cfg.train.seed)
+    metrics = {"knn_top1": evaluate.topk_accuracy(knn, yva, ks=(1,))["top1"],
+               "linear_probe_top1": evaluate.topk_accuracy(probe, yva, ks=(1,))["top1"],
+               "train_videos": len(ytr), "val_videos": len(yva)}
+    if accelerator.is_main_process:
+        out = Path(cfg.train.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "frozen_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(FinetuneConfig, argv, prog="accelerate launch finetune/run.py", doc=__doc__)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        accelerator = make_accelerator(cfg.train)
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    configure_logging(accelerator)
+    train_urls, val_urls, classes = resolve_data(cfg, accelerator)
+    num_classes = cfg.model.num_classes or len(classes)
+    if num_classes <= 0:
+        print("error: model.num_classes is needed (the training shards' manifest lists no classes)", file=sys.stderr)
+        return 2
+    model = build_model(cfg, num_classes)
+    try:
+        load_init(model, cfg, accelerator)
+    except mvit.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    config_yaml = start_run(accelerator, cfg, "tb")
+    out = Path(cfg.train.output_dir)
+
+    if cfg.frozen_eval:
+        metrics = frozen_eval(model.to(accelerator.device), cfg, train_urls, val_urls, accelerator)
+        accelerator.print(f"frozen features of {cfg.init or 'a random-init encoder'}: {metrics}")
+        accelerator.end_training()
+        return 0
+    if cfg.eval_only:
+        if not val_urls:
+            print("error: eval_only needs data.val", file=sys.stderr)
+            return 2
+        metrics = test_and_report(model.to(accelerator.device), cfg, val_urls, classes, accelerator)
+        accelerator.print(f"test ({cfg.data.test_clips}x{cfg.data.test_crops} views): {metrics}\n"
+                          f"  predictions: {out / 'test_predictions.csv'}")
+        accelerator.end_training()
+        return 0
+
+    from videodata import build_train_loader, expand_urls
+    from videodata.shards import manifest_for_urls
+    d = cfg.data
+    epoch_samples = d.epoch_samples or (manifest_for_urls(expand_urls(train_urls)) or {}).get("total", 0)
+    task = Classification(model, num_classes, mixup=cfg.mix.mixup, cutmix=cfg.mix.cutmix, mix_prob=cfg.mix.prob,
+                          switch_prob=cfg.mix.switch_prob, label_smoothing=cfg.mix.label_smoothing,
+                          ema_decay=cfg.ema_decay)
+    sched = Schedule.derive(cfg.train, cfg.optim, epoch_samples, accelerator.num_processes)
+    trainer = Trainer(task, cfg.train, cfg.optim, sched, accelerator, config_yaml)
+    start = trainer.resume()
+    accelerator.print(f"finetuning {cfg.model.name} on {train_urls} ({num_classes} classes): "
+                      f"{describe(sched, accelerator)}")
+    loader = build_train_loader(
+        train_urls, frames=d.frames, stride=d.stride, crop=d.crop, batch_size=cfg.train.batch_size,
+        num_workers=d.num_workers, seed=cfg.train.seed, epoch_samples=epoch_samples, scale=tuple(d.scale),
+        ratio=tuple(d.ratio), flip=d.flip, short_side=d.short_side, rand_augment=d.rand_augment,
+        erase_prob=d.erase_prob, repeats=d.repeats, sampling=d.sampling, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, start_epoch=start, pin_memory=accelerator.device.type == "cuda")
+    unwrapped = accelerator.unwrap_model(trainer.task)
+
+    def on_step(step):
+        unwrapped.update_ema(step)
+        if val_urls and cfg.val_every and step % cfg.val_every == 0:
+            single = predict(unwrapped.eval_model(), eval_loader(cfg, val_urls, accelerator, clips=1, crops=1),
+                             accelerator)
+            accelerator.log({f"val/{k}": v for k, v in evaluate.topk_accuracy(single.probs, single.labels).items()},
+                            step=step)
+            trainer.task.train()
+
+    trainer.fit(loader, on_step=on_step)
+    final = unwrapped.eval_model()
+    if accelerator.is_main_process:
+        (out / "export").mkdir(parents=True, exist_ok=True)
+        mvit.save_safetensors(final, out / "export" / "model.safetensors",
+                              {"model_name": cfg.model.name, "classes": json.dumps(classes)})
+    if trainer.state.step < sched.total_steps:
+        accelerator.print(f"stopped at step {trainer.state.step} of {sched.total_steps} "
+                          "(continue with train.resume=latest)")
+    elif val_urls:
+        metrics = test_and_report(final, cfg, val_urls, classes, accelerator, step=trainer.state.step)
+        accelerator.print(f"test ({d.test_clips}x{d.test_crops} views): {metrics}\n"
+                          f"  predictions: {out / 'test_predictions.csv'}\n  export: {out / 'export'}\n"
+                          f"  TensorBoard: tensorboard --logdir {out}")
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""End-to-end runs of the real finetuning entry point on tiny labelled shards."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mvit
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = str(ROOT / "finetune" / "run.py")
+ARCH = "model.arch={depths: [1, 1, 1, 1], embed_dim: 16}"
+TINY = ["data.frames=4", "data.crop=64", "data.num_workers=1", "train.batch_size=4", "train.progress=false",
+        "data.test_clips=2", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from videodata import write_shards, write_synthetic_videos
+    root = tmp_path_factory.mktemp("ft_data")
+    labels = ("circle_left", "square_right", "triangle_up")
+    train = write_synthetic_videos(root / "train", 6, frames=24, size=(72, 96), seed=1, labels=labels)
+    val = write_synthetic_videos(root / "val", 5, frames=24, size=(72, 96), seed=2, labels=labels)
+    m_train = write_shards(train, root / "shards", name="train", max_count=3, short_side=72, classes=list(labels))
+    m_val = write_shards(val, root / "shards", name="val", max_count=3, short_side=72, classes=list(labels))
+    shards = root / "shards"
+    return {"train": str(shards / m_train["url_pattern"]), "val": str(shards / m_val["url_pattern"]),
+            "classes": list(labels), "val_per_class": m_val["per_class"], "root": root}
+
+
+def run(args, timeout=600):
+    return subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ})
+
+
+def data_args(d):
+    return [f"data.train={d['train']}", f"data.val={d['val']}"]
+
+
+def tiny_encoder(**kw):
+    return mvit.create_model("mvitv2_s_16x4_maskfeat", depths=(1, 1, 1, 1), embed_dim=16, input_size=(4, 64, 64),
+                             **kw)
+
+
+def test_finetune_from_pretraining_export_then_multiview_test(data, tmp_path):
+    torch.manual_seed(0)
+    export = tmp_path / "encoder.safetensors"
+    mvit.save_safetensors(tiny_encoder(pretraining=True), export)
+    out = tmp_path / "ft"
+    r = run([*data_args(data), f"init={export}", f"train.output_dir={out}", "model.name=mvitv2_s_16x4_maskfeat",
+             ARCH, "train.steps=3", "train.warmup_steps=1", "val_every=2", "ema_decay=0.9", *TINY])
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "init_report.json").read_text())
+    assert report["dropped"] == ["mask_token"] and "head.weight" in report["missing"]
+    assert "test (2x1 views)" in r.stdout
+    rows = list(csv.DictReader(open(out / "test_predictions.csv")))
+    assert len(rows) == 5 and all(row["num_views"] == "2" for row in rows)
+    assert {row["label_name"] for row in rows} <= set(data["classes"])
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["videos"] == 5 and 0 <= metrics["top1"] <= 1
+    assert (out / "export" / "model.safetensors").is_file()
+
+
+def test_finetune_from_inflated_image_checkpoint(data, tmp_path):
+    from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
+    torch.manual_seed(0)
+    image = MultiScaleVit(MultiScaleVitCfg(depths=(1, 1, 1, 1), embed_dim=16), img_size=(64, 64), num_classes=1000)
+    ckpt = tmp_path / "timm_image.pth"
+    torch.save(image.state_dict(), ckpt)
+    out = tmp_path / "ft"
+    r = run([*data_args(data), f"init={ckpt}", f"train.output_dir={out}", "model.name=mvitv2_s_16x4",
+             "model.arch={depths: [1, 1, 1, 1], embed_dim: 16, kv_stride: [1, 4, 4]}", "train.steps=2",
+             "train.warmup_steps=1", "val_every=0", *TINY])
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "init_report.json").read_text())
+    assert report["source_format"] == "timm"
+    assert "patch_embed.proj.weight" in report["inflated"] and "blocks.0.attn.pool_q.weight" in report["inflated"]
+    assert set(report["missing"]) == {"cls_token", "head.weight", "head.bias"}  # new class token and head
+
+
+def test_eval_only_aggregates_views_and_keeps_label_names(data, tmp_path):
+    """A classifier that always answers class 1: top-1 must be that class's share of the
+    val videos, every video listed once with its views averaged and its label's name."""
+    model = tiny_encoder(num_classes=3)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 5.0, 1.0]))
+    weights = tmp_path / "model.safetensors"
+    mvit.save_safetensors(model, weights)
+    out = tmp_path / "eval"
+    r = run([*data_args(data), "eval_only=true", f"init={weights}", f"train.output_dir={out}",
+             "model.name=mvitv2_s_16x4_maskfeat", ARCH, *TINY, "data.test_clips=3", "data.test_crops=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["top1"] == pytest.approx(data["val_per_class"][1] / 5)
+    assert metrics["views"] == "3x2"
+    rows = list(csv.DictReader(open(out / "test_predictions.csv")))
+    assert sorted(r["video_id"] for r in rows) == sorted({r["video_id"] for r in rows}) and len(rows) == 5
+    assert all(r["pred_name"] == "square_right" and r["num_views"] == "6" for r in rows)
+    for row in rows:
+        assert row["label_name"] == data["classes"][int(row["label"])]
+    per_class = list(csv.DictReader(open(out / "test_per_class.csv")))
+    assert [p["class_name"] for p in per_class] == data["classes"]
+
+
+def test_mismatched_init_fails_with_one_line(data, tmp_path):
+    wrong = tmp_path / "wrong.safetensors"
+    mvit.save_safetensors(mvit.create_model("mvitv2_s_16x4_maskfeat", depths=(1, 1, 2, 1), embed_dim=16,
+                                            input_size=(4, 64, 64)), wrong)
+    r = run([*data_args(data), f"init={wrong}", f"train.output_dir={tmp_path / 'x'}", ARCH, *TINY,
+             "model.name=mvitv2_s_16x4_maskfeat", "train.steps=2"])
+    assert r.returncode == 2
+    assert r.stderr.startswith("error:") and r.stderr.count("\n") == 1 and "does not fit" in r.stderr
+    r = run([*data_args(data), f"init={tmp_path / 'nope.safetensors'}", ARCH, *TINY])
+    assert r.returncode == 2 and "no such file" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_resume_and_frozen_eval(data, tmp_path):
+    out = tmp_path / "ft"
+    common = [*data_args(data), "init=none", f"train.output_dir={out}", "model.name=mvitv2_s_16x4_maskfeat", ARCH,
+              "train.steps=4", "train.warmup_steps=1", "val_every=0", *TINY]
+    first = run([*common, "train.stop_after=2"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "stopped at step 2 of 4" in first.stdout and not (out / "test_metrics.json").exists()
+    second = run([*common, "train.resume=latest"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "at step 2" in second.stdout and (out / "test_metrics.json").is_file()
+
+    r = run([*data_args(data), "frozen_eval=true", f"init={out / 'export' / 'model.safetensors'}",
+             f"train.output_dir={tmp_path / 'frozen'}", "model.name=mvitv2_s_16x4_maskfeat", ARCH, *TINY])
+    assert r.returncode == 0, r.stderr[-3000:]
+    frozen = json.loads((tmp_path / "frozen" / "frozen_metrics.json").read_text())
+    assert frozen["train_videos"] == 6 and frozen["val_videos"] == 5
+    assert 0 <= frozen["knn_top1"] <= 1 and 0 <= frozen["linear_probe_top1"] <= 1
