@@ -169,7 +169,8 @@ def _cell_sums(
     slot: torch.Tensor, magnitude: torch.Tensor, cell_size: int, k: int, *, shift: int = 0
 ) -> torch.Tensor:
     """slot (n, C, H, W) integer-valued in [-shift, k - shift), magnitude (n, C, H, W) ->
-    (n, C, H/cell, W/cell, k): each pixel's magnitude added to slot + shift of its cell."""
+    (n, C, H/cell, W/cell, k): each pixel's magnitude added to slot + shift of its cell.
+    `slot` is overwritten (it is the caller's scratch tensor)."""
     n, C, H, W = magnitude.shape
     hc, wc = H // cell_size, W // cell_size
     rows = torch.arange(H, device=slot.device) // cell_size
@@ -180,7 +181,7 @@ def _cell_sums(
     # 2^24 in float32) and cast to int64 once.
     if slot.is_floating_point() and hc * wc * k >= 2**24:
         slot = slot.double()
-    index = (slot + base.to(slot.dtype)).long().view(n * C, H * W)
+    index = slot.add_(base.to(slot.dtype)).long().view(n * C, H * W)
     out = magnitude.new_zeros(n * C, hc * wc * k)
     out.scatter_add_(1, index, magnitude.reshape(n * C, H * W))
     return out.view(n, C, hc, wc, k)
