@@ -160,3 +160,20 @@ def test_convert_script_torchvision_to_safetensors(tmp_path):
     model = mvit.model_from_safetensors(out)
     torch.testing.assert_close(model.blocks[3].mlp.fc1.weight, ref.blocks[3].mlp[0].weight)
     torch.testing.assert_close(model.cls_token.flatten(), ref.pos_encoding.class_token)
+
+
+def test_facebookresearch_mvit_image_checkpoint_inflates_into_video_model(tmp_path):
+    """facebookresearch/mvit image checkpoints: flat `blocks.i` names, `head.projection`,
+    2-D kernels, wrapped in `model_state`."""
+    torch.manual_seed(0)
+    image = mvit.create_model("mvitv2_tiny", depths=(1, 2, 1, 1), embed_dim=8, input_size=(64, 64),
+                              num_classes=5).eval()
+    sd = {k.replace("head.", "head.projection."): v for k, v in image.state_dict().items()}
+    path = tmp_path / "MViTv2_T_in1k.pyth"
+    torch.save({"model_state": sd, "epoch": 300}, path)
+    video = tiny(cls_token=False, global_pool="avg", kv_stride=(1, 4, 4), head_dropout=0.0)
+    report = mvit.load_pretrained(video, path)
+    assert report.source_format == "flat" and "blocks.0.attn.pool_k.weight" in report.inflated
+    img = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(video(img[:, :, None].expand(-1, -1, 4, -1, -1)), image(img), atol=1e-4, rtol=0)
