@@ -149,23 +149,42 @@ def rel_pos_terms(q: torch.Tensor, q_grid: Grid, k_grid: Grid, tables: list) -> 
     return terms
 
 
-def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, tables: list, prefix: int) -> torch.Tensor:
-    """The additive attention bias of decomposed relative positions, class tokens excluded.
+def key_coordinate_codes(k_grid: Grid, axes: list[int], prefix: int, dtype, device) -> torch.Tensor:
+    """(prefix + Nk, K): per key token, one-hot codes of its coordinate along each of `axes`, side
+    by side (K = sum of k_grid[a]); prefix (class) tokens get zero rows."""
+    j = torch.arange(math.prod(k_grid), device=device)  # flat key index in grid order
+    codes = []
+    for a in axes:
+        coord = j // math.prod(k_grid[a + 1:]) % k_grid[a]  # (Nk,)
+        codes.append(coord[:, None] == torch.arange(k_grid[a], device=device))  # (Nk, k_a)
+    return F.pad(torch.cat(codes, 1).to(dtype), (0, 0, prefix, 0))
 
-    q: (B, h, prefix + Nq, c) -> (B, h, prefix + Nq, prefix + Nk); rows and columns of the
-    prefix (class) tokens are zero.
+
+def rel_pos_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_grid: Grid, k_grid: Grid,
+                      tables: list, prefix: int, scale: float) -> torch.Tensor:
+    """Attention with the decomposed relative position bias, class tokens excluded from the bias.
+
+    q: (B, h, prefix + Nq, c), k, v: (B, h, prefix + Nk, c) -> (B, h, prefix + Nq, c). Computes
+    softmax(scale·q·kᵀ + bias)·v where bias[i, j] = Σ_a rel_a[i, j_a] (rel_pos_terms; zero in the
+    rows and columns of class tokens).
+
+    Each term depends on the key only through one coordinate j_a, so the bias is a dot product:
+    append the terms to the query and one-hot codes of the key's coordinates (divided by the
+    scale) to the key, then scale·q'·k' = scale·q·k + bias. Why not pass the bias as SDPA's mask:
+    a (B, h, Nq, Nk) mask costs several full memory passes to build and pad, and a mask that needs
+    a gradient keeps PyTorch off its fused CPU kernel (math fallback: materialized softmax, slower
+    backward). The fused kernels want one head width, so v is zero-padded and the extra output
+    columns are dropped.
     """
-    B, nh = q.shape[:2]
-    terms = rel_pos_terms(q[:, :, prefix:], q_grid, k_grid, tables)  # [(B, h, Nq, k_a)]
+    B, nh, _, c = q.shape
     axes = [a for a, t in enumerate(tables) if t is not None]
-    n = len(k_grid)
-    # axis a's term broadcast over the other key axes: (B, h, Nq, 1.., k_a, ..1)
-    shaped = [t.reshape(B, nh, -1, *[k_grid[a] if i == a else 1 for i in range(n)]) for t, a in zip(terms, axes)]
-    bias = shaped[0]
-    for t in shaped[1:]:
-        bias = bias + t  # broadcast: the last add writes the full (B, h, Nq, *k_grid)
-    bias = bias.expand(*bias.shape[:3], *k_grid).flatten(3)  # (B, h, Nq, Nk)
-    return F.pad(bias, (prefix, 0, prefix, 0)) if prefix else bias
+    terms = rel_pos_terms(q[:, :, prefix:], q_grid, k_grid, tables)  # [(B, h, Nq, k_a)]
+    rel = F.pad(torch.cat(terms, -1), (0, 0, prefix, 0))  # (B, h, prefix + Nq, K)
+    codes = key_coordinate_codes(k_grid, axes, prefix, q.dtype, q.device) / scale  # (prefix + Nk, K)
+    q = torch.cat([q, rel], -1)  # (B, h, prefix + Nq, c + K)
+    k = torch.cat([k, codes.expand(B, nh, -1, -1)], -1)  # (B, h, prefix + Nk, c + K)
+    v = F.pad(v, (0, rel.shape[-1]))  # (B, h, prefix + Nk, c + K)
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)[..., :c]
 
 
 def pool_tokens(x: torch.Tensor, grid: Grid, pool: nn.Module | None, prefix: int) -> tuple[torch.Tensor, Grid]:
@@ -183,6 +202,59 @@ def pool_tokens(x: torch.Tensor, grid: Grid, pool: nn.Module | None, prefix: int
     grid = tuple(x.shape[2:])
     x = x.flatten(2).transpose(1, 2)  # (B, N', C)
     return torch.cat([cls, x], dim=1) if prefix else x, grid
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    """Depthwise conv (groups = channels, no bias) whose backward is written as forward convs.
+
+    oneDNN's backward for these small depthwise kernels runs 5-20× slower than its forward on CPU
+    (torch 2.15, 3×3×3: stage-3 q pool 0.75 ms forward, 11 ms backward; stage-1 kv pool 0.4 ms vs
+    16 ms), and the pools' backward was ~10 % of a training step. Correlations are fast, so:
+    - grad_input = conv(grad_out zero-upsampled by the stride, flipped kernel, padding k - 1 - p);
+    - grad_weight (stride 1) = conv(x, grad_out as the kernel), one group per (batch, channel);
+      strided pools keep oneDNN's weight gradient, which is fast there.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        conv = F.conv3d if x.dim() == 5 else F.conv2d
+        return conv(x, weight, None, stride, padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        stride, padding = ctx.stride, ctx.padding
+        conv = F.conv3d if x.dim() == 5 else F.conv2d
+        B, C, kernel, n = x.shape[0], x.shape[1], weight.shape[2:], x.dim() - 2
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            up = grad_out
+            if any(st > 1 for st in stride):  # put grad_out[p] at input position stride·p
+                up = torch.zeros_like(x)
+                up[(..., *[slice(0, st * g, st) for st, g in zip(stride, grad_out.shape[2:])])] = grad_out
+            grad_x = conv(up, weight.flip(list(range(2, 2 + n))), None, 1,
+                          [k - 1 - p for k, p in zip(kernel, padding)], groups=C)
+        if ctx.needs_input_grad[1]:
+            if all(st == 1 for st in stride):
+                # grad_w[c, δ] = Σ_b Σ_p grad_out[b, c, p] · x_pad[b, c, p + δ]
+                w = conv(x.reshape(1, B * C, *x.shape[2:]), grad_out.reshape(B * C, 1, *grad_out.shape[2:]),
+                         None, 1, padding, groups=B * C)  # (1, B·C, *kernel)
+                grad_w = w.reshape(B, C, 1, *kernel).sum(0)
+            else:
+                grad_w = torch.ops.aten.convolution_backward(
+                    grad_out, x, weight, None, stride, padding, [1] * n, False, [0] * n, C,
+                    [False, True, False])[1]
+        return grad_x, grad_w, None, None
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: Grid, padding: Grid) -> torch.Tensor:
+    """x: (B, C, (T,) H, W), weight (C, 1, *kernel) -> (B, C, *pooled grid); faster backward on CPU."""
+    if x.is_cpu and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _DepthwiseConv.apply(x, weight, tuple(stride), tuple(padding))
+    conv = F.conv3d if x.dim() == 5 else F.conv2d
+    return conv(x, weight, None, stride, padding, groups=x.shape[1])
 
 
 # ----------------------------------------------------------------------------- modules
@@ -254,8 +326,11 @@ class MultiScaleAttention(nn.Module):
             # fold heads into the channel dim and use a weight repeated per head: one grouped
             # conv over all heads equals the reference's per-head conv with a shared kernel
             w = pool.weight.repeat(h, *([1] * (pool.weight.dim() - 1)))
-            fn = F.conv3d if w.dim() == 5 else F.conv2d
-            op = lambda t: fn(t, w, None, pool.stride, pool.padding, groups=h * c)  # noqa: E731
+            # a channels-last weight makes oneDNN run the depthwise conv channels-last: it then
+            # reads the token layout with one cheap gather and writes (B, N', C) directly (~4×
+            # faster than its channels-first path at stage-1 sizes on CPU)
+            w = w.contiguous(memory_format=torch.channels_last_3d if w.dim() == 5 else torch.channels_last)
+            op = lambda t: depthwise_conv(t, w, pool.stride, pool.padding)  # noqa: E731
             x, grid = pool_tokens(x.flatten(2), grid, op, self.prefix)
             x = x.unflatten(2, (h, c))
         return (norm(x) if norm is not None else x), grid
@@ -267,20 +342,22 @@ class MultiScaleAttention(nn.Module):
         q, q_grid = self._pool(q, grid, self.pool_q, self.norm_q)
         k, k_grid = self._pool(k, grid, self.pool_k, self.norm_k)
         v, _ = self._pool(v, grid, self.pool_v, self.norm_v)
+        q_res = q  # (B, Nq, h, c), for residual pooling
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, N*, c)
 
         tables = [self.rel_pos_t, self.rel_pos_h, self.rel_pos_w][-len(grid):]
-        bias = None
         if any(t is not None for t in tables):
-            bias = rel_pos_bias(q, q_grid, k_grid, tables, self.prefix)  # (B, h, Nq, Nk)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)  # (B, h, Nq, c)
+            out = rel_pos_attention(q, k, v, q_grid, k_grid, tables, self.prefix, self.scale)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, h, Nq, c)
+        out = out.transpose(1, 2)  # (B, Nq, h, c)
 
         if self.residual_pooling:
-            if self.residual_pooling_cls or not self.prefix:
-                out = out + q
-            else:
-                out = torch.cat([out[:, :, :self.prefix], out[:, :, self.prefix:] + q[:, :, self.prefix:]], 2)
-        out = out.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, Nq, h·c)
+            # one pass; q_res first so the sum takes its contiguous (B, Nq, h, c) layout
+            out, attn = q_res + out, out
+            if self.prefix and not self.residual_pooling_cls:
+                out[:, :self.prefix] = attn[:, :self.prefix]  # class token: no residual (reference)
+        out = out.reshape(B, -1, self.dim_out)  # (B, Nq, h·c)
         return self.proj(out), q_grid
 
 
