@@ -16,7 +16,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 if __package__ in (None, ""):  # `accelerate launch finetune/run.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,15 +26,13 @@ import torch  # noqa: E402
 import mvit  # noqa: E402
 from finetune import evaluate  # noqa: E402
 from finetune.classify import Classification  # noqa: E402
-from pretrain.config import ConfigError, parse_config, to_dict  # noqa: E402
-from pretrain.runtime import (OptimConfig, Schedule, TrainConfig, Trainer, configure_logging, describe,  # noqa: E402
-                              make_accelerator, start_run)
+from pretrain.config import to_dict  # noqa: E402
+from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
+                              describe, entry_point, find_shards, setup, start_run)
 
 
 @dataclass
-class ModelConfig:
-    name: str = field(default="mvitv2_demo_8x2_maskfeat", metadata={"help": "a name from mvit.list_models()"})
-    arch: Dict[str, Any] = field(default_factory=dict, metadata={"help": "MViTConfig overrides"})
+class ClassifierConfig(ModelConfig):
     num_classes: int = field(default=0, metadata={"help": "0: the training shards' manifest"})
 
 
@@ -45,7 +43,7 @@ class DataConfig:
     demo_root: str = "data/demo"
     frames: int = 8
     stride: int = 2
-    crop: int = 128
+    crop: int = 96
     sampling: str = field(default="random", metadata={"help": "random clips, or segment (SSv2)"})
     scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
     ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])
@@ -79,7 +77,7 @@ class FinetuneConfig:
     frozen_eval: bool = field(default=False, metadata={"help": "kNN + linear probe on the init's features, no training"})
     val_every: int = field(default=50, metadata={"help": "single-view validation every N steps; 0: never"})
     ema_decay: Optional[float] = None
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, base_batch=32, layer_decay=0.75,
@@ -113,7 +111,7 @@ def load_init(model, cfg: FinetuneConfig, accelerator) -> None:
         source = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     elif not path.exists():
         hint = " (run `accelerate launch pretrain/run.py` first)" if "pretrain-demo" in cfg.init else ""
-        raise mvit.CheckpointError(f"init: no such file {cfg.init}{hint}")
+        raise RunError(f"init: no such file {cfg.init}{hint}")
     else:
         source = str(path)
     training = not (cfg.eval_only or cfg.frozen_eval)
@@ -123,23 +121,6 @@ def load_init(model, cfg: FinetuneConfig, accelerator) -> None:
         out = Path(cfg.train.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "init_report.json").write_text(json.dumps({"init": cfg.init, **vars(report)}, indent=2))
-
-
-def resolve_data(cfg: FinetuneConfig, accelerator) -> tuple[str, str, list[str]]:
-    """(train urls, val urls, class names) — the demo dataset when data.train is empty."""
-    from videodata import expand_urls
-    from videodata.shards import manifest_for_urls
-    train, val = cfg.data.train, cfg.data.val
-    if not train:
-        from videodata.demo import demo_urls, ensure_demo_dataset
-        if accelerator.is_main_process:
-            ensure_demo_dataset(cfg.data.demo_root)
-        accelerator.wait_for_everyone()
-        urls = demo_urls(cfg.data.demo_root)
-        train, val = urls["train"], val or urls["val"]
-    manifest = manifest_for_urls(expand_urls(train)) or {}
-    classes = list(manifest.get("classes", []))
-    return train, val, classes
 
 
 def eval_loader(cfg: FinetuneConfig, urls: str, accelerator, *, clips: int, crops: int):
@@ -229,29 +210,16 @@ def frozen_eval(model, cfg, train_urls, val_urls, accelerator) -> dict:
 # ----------------------------------------------------------------------------- main
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_config(FinetuneConfig, argv, prog="accelerate launch finetune/run.py", doc=__doc__)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        accelerator = make_accelerator(cfg.train)
-    except (RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    configure_logging(accelerator)
-    train_urls, val_urls, classes = resolve_data(cfg, accelerator)
+    cfg, accelerator = setup(FinetuneConfig, argv, "accelerate launch finetune/run.py", __doc__)
+    shards = find_shards(cfg.data.train, cfg.data.val, cfg.data.demo_root, accelerator)
+    train_urls, val_urls, classes = shards.train, shards.val, shards.classes
     num_classes = cfg.model.num_classes or len(classes)
     if num_classes <= 0:
-        print("error: model.num_classes is needed (the training shards' manifest lists no classes)", file=sys.stderr)
-        return 2
+        raise RunError("model.num_classes is needed (the training shards' manifest lists no classes)")
     model = build_model(cfg, num_classes)
-    try:
-        load_init(model, cfg, accelerator)
-    except mvit.CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    load_init(model, cfg, accelerator)
     config_yaml = start_run(accelerator, cfg, "tb")
     out = Path(cfg.train.output_dir)
 
@@ -262,18 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if cfg.eval_only:
         if not val_urls:
-            print("error: eval_only needs data.val", file=sys.stderr)
-            return 2
+            raise RunError("eval_only needs data.val")
         metrics = test_and_report(model.to(accelerator.device), cfg, val_urls, classes, accelerator)
         accelerator.print(f"test ({cfg.data.test_clips}x{cfg.data.test_crops} views): {metrics}\n"
                           f"  predictions: {out / 'test_predictions.csv'}")
         accelerator.end_training()
         return 0
 
-    from videodata import build_train_loader, expand_urls
-    from videodata.shards import manifest_for_urls
+    from videodata import build_train_loader
     d = cfg.data
-    epoch_samples = d.epoch_samples or (manifest_for_urls(expand_urls(train_urls)) or {}).get("total", 0)
+    epoch_samples = d.epoch_samples or shards.total
     task = Classification(model, num_classes, mixup=cfg.mix.mixup, cutmix=cfg.mix.cutmix, mix_prob=cfg.mix.prob,
                           switch_prob=cfg.mix.switch_prob, label_smoothing=cfg.mix.label_smoothing,
                           ema_decay=cfg.ema_decay)

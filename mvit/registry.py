@@ -38,8 +38,8 @@ _CONFIGS: dict[str, MViTConfig] = {
     # video, MaskFeat (finetune form; pretraining=True gives the pretraining form)
     "mvitv2_s_16x4_maskfeat": MViTConfig(depths=(1, 2, 11, 2), drop_path_rate=0.1, **_MASKFEAT),
     "mvitv2_l_16x4_maskfeat": MViTConfig(**_L, drop_path_rate=0.2, **_MASKFEAT),
-    # a 1.7M-parameter MaskFeat MViTv2 for the CPU demo and end-to-end tests (8×128² clips)
-    "mvitv2_demo_8x2_maskfeat": MViTConfig(depths=(1, 2, 3, 1), embed_dim=32, input_size=(8, 128, 128),
+    # a 1.7M-parameter MaskFeat MViTv2 for the CPU demo (8×96² clips)
+    "mvitv2_demo_8x2_maskfeat": MViTConfig(depths=(1, 2, 3, 1), embed_dim=32, input_size=(8, 96, 96),
                                            num_classes=12, **_MASKFEAT),
 }
 

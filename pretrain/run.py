@@ -13,22 +13,16 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 if __package__ in (None, ""):  # `accelerate launch pretrain/run.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mvit  # noqa: E402
-from pretrain.config import ConfigError, parse_config, to_dict  # noqa: E402
+from pretrain.config import to_dict  # noqa: E402
 from pretrain.maskfeat import MaskFeat  # noqa: E402
-from pretrain.runtime import (OptimConfig, Schedule, TrainConfig, Trainer, configure_logging, describe,  # noqa: E402
-                              make_accelerator, start_run)
-
-
-@dataclass
-class ModelConfig:
-    name: str = field(default="mvitv2_demo_8x2_maskfeat", metadata={"help": "a name from mvit.list_models()"})
-    arch: Dict[str, Any] = field(default_factory=dict, metadata={"help": "MViTConfig overrides, e.g. {depths: [..]}"})
+from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
+                              describe, entry_point, find_shards, setup, start_run)
 
 
 @dataclass
@@ -37,7 +31,7 @@ class DataConfig:
     demo_root: str = "data/demo"
     frames: int = 8
     stride: int = 2
-    crop: int = 128
+    crop: int = 96
     scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])
     flip: bool = True
@@ -100,32 +94,14 @@ def export_encoder(task: MaskFeat, cfg: PretrainConfig, step: int) -> Path:
     return out / "encoder.safetensors"
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_config(PretrainConfig, argv, prog="accelerate launch pretrain/run.py", doc=__doc__)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        accelerator = make_accelerator(cfg.train)
-    except (RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    configure_logging(accelerator)
-
-    urls = cfg.data.train
-    if not urls:  # the demo: make the synthetic dataset once (main process), others wait
-        from videodata.demo import demo_urls, ensure_demo_dataset
-        if accelerator.is_main_process:
-            ensure_demo_dataset(cfg.data.demo_root)
-        accelerator.wait_for_everyone()
-        urls = demo_urls(cfg.data.demo_root)["train"]
-    from videodata import expand_urls
-    from videodata.shards import manifest_for_urls
-    epoch_samples = cfg.data.epoch_samples or (manifest_for_urls(expand_urls(urls)) or {}).get("total", 0)
+    cfg, accelerator = setup(PretrainConfig, argv, "accelerate launch pretrain/run.py", __doc__)
+    shards = find_shards(cfg.data.train, "", cfg.data.demo_root, accelerator)
+    urls = shards.train
+    epoch_samples = cfg.data.epoch_samples or shards.total
     if not epoch_samples:
-        print("error: data.epoch_samples is needed (no manifest next to the shards)", file=sys.stderr)
-        return 2
+        raise RunError("data.epoch_samples is needed (no manifest next to the shards)")
 
     task = build_task(cfg)
     sched = Schedule.derive(cfg.train, cfg.optim, epoch_samples, accelerator.num_processes)

@@ -16,10 +16,11 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from accelerate import Accelerator
@@ -28,9 +29,19 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
-from .config import flat_scalars, to_yaml
+from .config import ConfigError, flat_scalars, parse_config, to_yaml
 
 log = logging.getLogger("run")
+
+
+class RunError(Exception):
+    """A problem the user must fix before the run can start; reported as one line, exit 2."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = field(default="mvitv2_demo_8x2_maskfeat", metadata={"help": "a name from mvit.list_models()"})
+    arch: Dict[str, Any] = field(default_factory=dict, metadata={"help": "MViTConfig overrides, e.g. {depths: [..]}"})
 
 
 @dataclass
@@ -70,6 +81,54 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- setup
+
+
+def entry_point(main):
+    """Wrap a stage's main: user errors (config, checkpoint, launch, data) are one line + exit 2."""
+    from mvit import CheckpointError
+
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except (RunError, ConfigError, CheckpointError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapped
+
+
+def setup(schema, argv, prog: str, doc: str):
+    """Parse the config and start Accelerate -> (cfg, accelerator)."""
+    cfg = parse_config(schema, argv, prog=prog, doc=doc)
+    try:
+        accelerator = make_accelerator(cfg.train)
+    except (RuntimeError, ValueError) as e:
+        raise RunError(str(e)) from None
+    configure_logging(accelerator)
+    return cfg, accelerator
+
+
+@dataclass
+class Shards:
+    train: str
+    val: str
+    classes: list[str]
+    total: int  # videos in the training shards (0: unknown)
+
+
+def find_shards(train: str, val: str, demo_root: str, accelerator: Accelerator) -> Shards:
+    """The given shard patterns, or the synthetic demo dataset (made once by the main process)
+    when `train` is empty; class names and counts come from the manifest next to the shards."""
+    from videodata import expand_urls
+    from videodata.shards import manifest_for_urls
+    if not train:
+        from videodata.demo import demo_urls, ensure_demo_dataset
+        if accelerator.is_main_process:
+            ensure_demo_dataset(demo_root)
+        accelerator.wait_for_everyone()
+        urls = demo_urls(demo_root)
+        train, val = urls["train"], val or urls["val"]
+    manifest = manifest_for_urls(expand_urls(train)) or {}
+    return Shards(train, val, list(manifest.get("classes", [])), int(manifest.get("total", 0)))
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:

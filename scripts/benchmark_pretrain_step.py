@@ -57,7 +57,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mvitv2_demo_8x2_maskfeat")
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--crop", type=int, default=96)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
