@@ -45,11 +45,11 @@ class DataConfig:
     stride: int = 2
     crop: int = 96
     sampling: str = field(default="random", metadata={"help": "random clips, or segment (SSv2)"})
-    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])
     flip: bool = True
-    rand_augment: Optional[str] = "rand-m7-n2-mstd0.5-inc1"
-    erase_prob: float = 0.25
+    rand_augment: Optional[str] = field(default=None, metadata={"help": "timm RandAugment, e.g. rand-m7-n2-mstd0.5-inc1"})
+    erase_prob: float = 0.0
     repeats: int = field(default=2, metadata={"help": "clips per decoded video (repeated sampling)"})
     short_side: Optional[int] = None
     epoch_samples: int = 0
@@ -60,9 +60,9 @@ class DataConfig:
 
 
 @dataclass
-class MixConfig:
-    mixup: float = 0.8
-    cutmix: float = 1.0
+class MixConfig:  # the demo trains without mixing; the recipes set the reference 0.8 / 1.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
     prob: float = 1.0
     switch_prob: float = 0.5
     label_smoothing: float = 0.1
@@ -80,10 +80,10 @@ class FinetuneConfig:
     model: ClassifierConfig = field(default_factory=ClassifierConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mix: MixConfig = field(default_factory=MixConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, base_batch=32, layer_decay=0.75,
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=4e-3, base_batch=32, layer_decay=0.75,
                                                                    clip_grad=5.0))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        output_dir="runs/finetune-demo", steps=200, warmup_steps=20, save_every=100, image_every=0))
+        output_dir="runs/finetune-demo", steps=300, warmup_steps=30, save_every=100, image_every=0))
 
 
 # ----------------------------------------------------------------------------- building

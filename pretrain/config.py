@@ -70,18 +70,36 @@ def parse_config(schema, argv: list[str] | None = None, *, prog: str = "run.py",
         else:
             raise ConfigError(f"unrecognised argument {arg!r} (expected --config FILE or key=value)")
     cfg = OmegaConf.structured(schema)
+    required: set[str] = set()  # recipes mark what only the user knows (their shard paths) as ???
     try:
-        for path in files:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file not found: {path}")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+        for layer in [*files, dotlist]:
+            if isinstance(layer, str):
+                if not Path(layer).is_file():
+                    raise ConfigError(f"config file not found: {layer}")
+                layer = OmegaConf.load(layer)
+            else:
+                layer = OmegaConf.from_dotlist(layer)
+            missing = OmegaConf.missing_keys(layer)
+            # merging ??? keeps the default underneath, so track the holes ourselves
+            required = (required | missing) - (_leaf_keys(layer) - missing)
+            cfg = OmegaConf.merge(cfg, layer)
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:  # recipes mark what only the user can know (e.g. their shard paths) as ???
-        raise ConfigError(f"no value for {', '.join(missing)} (set it: {missing[0]}=...)")
+    if required:
+        first = sorted(required)[0]
+        raise ConfigError(f"no value for {', '.join(sorted(required))} (set it: {first}=...)")
     return cfg
+
+
+def _leaf_keys(node, prefix: str = "") -> set[str]:
+    keys = set()
+    for k in node.keys():
+        v = node._get_node(k)
+        if OmegaConf.is_dict(v):
+            keys |= _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            keys.add(f"{prefix}{k}")
+    return keys
 
 
 def to_yaml(cfg) -> str:

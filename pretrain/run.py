@@ -54,7 +54,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=4e-3))  # the demo's tiny model
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, warmup_steps=30, save_every=100,
                                                                    log_every=10, image_every=50))
 

@@ -29,6 +29,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
 
+from videodata.pipeline import TooManyFailures
+
 from .config import ConfigError, flat_scalars, parse_config, to_yaml
 
 log = logging.getLogger("run")
@@ -169,9 +171,10 @@ class Schedule:
         total = train.steps or round(train.epochs * per_epoch)
         warmup = train.warmup_steps or round(train.warmup_epochs * per_epoch)
         if total <= 0:
-            raise ValueError("set train.steps or train.epochs (> 0)")
+            raise RunError("set train.steps or train.epochs (> 0)")
         if warmup >= total:
-            raise ValueError(f"warmup ({warmup} steps) must be shorter than the run ({total} steps)")
+            raise RunError(f"warmup ({warmup} steps) must be shorter than the run ({total} steps): "
+                           "set train.warmup_steps / train.warmup_epochs")
         return cls(global_batch, per_epoch, total, warmup, optim.lr * global_batch / optim.base_batch)
 
 
@@ -312,6 +315,8 @@ class Trainer:
             except StopIteration:  # one "epoch" of the stream is done; it continues
                 it = iter(loader)
                 continue
+            except TooManyFailures as e:  # re-raised from a worker with its traceback: keep the reason
+                raise RunError(str(e).strip().splitlines()[-1].split(": ", 1)[-1]) from None
             window["wait"] += time.perf_counter() - t_wait
             window["skipped"] += int(batch.get("skipped", 0))
             if cfg.audit:

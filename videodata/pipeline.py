@@ -116,19 +116,29 @@ class _Slot:
         self.rng = random.Random(f"{seed}/{epoch}/{rank}/{worker}")
 
 
-class _FailureGuard:
-    """Counts skips; raises when nothing has succeeded for too long (never loop forever)."""
+class TooManyFailures(RuntimeError):
+    """Nothing decoded for max_consecutive_failures samples in a row: the data or the clip
+    settings are wrong, and waiting longer would not help."""
 
-    def __init__(self, limit: int):
-        self.limit, self.consecutive, self.since_batch = limit, 0, 0
+
+class _FailureGuard:
+    """Counts skips; raises when nothing has succeeded for too long (never loop forever).
+    Warnings are rate-limited: the first few, then one every `quiet_every` skips."""
+
+    def __init__(self, limit: int, loud: int = 10, quiet_every: int = 100):
+        self.limit, self.consecutive, self.since_batch, self.total = limit, 0, 0, 0
+        self.loud, self.quiet_every = loud, quiet_every
 
     def failed(self, what: str, reason: str, sample: bool = True):
-        log.warning("videodata: skipped %s: %s", what, reason)
+        self.total += 1
+        if self.total <= self.loud or self.total % self.quiet_every == 0:
+            more = f" ({self.total} skipped by this worker so far)" if self.total > self.loud else ""
+            log.warning("videodata: skipped %s: %s%s", what, reason, more)
         self.since_batch += int(sample)
         self.consecutive += 1
         if self.consecutive >= self.limit:
-            raise RuntimeError(f"videodata: {self.consecutive} consecutive failures (last: {what}: {reason}); "
-                               "check the shards with scripts/make_shards.py --check")
+            raise TooManyFailures(f"videodata: {self.consecutive} consecutive failures (last: {what}: {reason}); "
+                                  "check the shards with scripts/make_shards.py --check and the clip length")
 
     def ok(self):
         self.consecutive = 0
