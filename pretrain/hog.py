@@ -13,7 +13,7 @@ the device that holds the clip, with no gradients:
   (reference: `MaskMViT._get_hog_label_3d` in `slowfast/models/masked.py`).
 * `pixel_targets` gives MAE-style per-patch normalized pixels in the same token order.
 
-Conventions are listed in DESIGN.md ("MaskFeat").
+Conventions: SlowFast `operators.py` (HOGLayerC) and `masked.py` (MaskMViT).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class HOGLayer(nn.Module):
         cell_size: cell side in pixels; H and W must be multiples of it.
         mode: "maskfeat" (reference MaskFeat convention, default) or "skimage".
 
-    mode="maskfeat" (DESIGN.md "MaskFeat", SlowFast `operators.py` HOGLayerC): each
+    mode="maskfeat" (SlowFast `operators.py` HOGLayerC): each
     channel separately; reflect padding 1; 3x3 Sobel cross-correlation with
     kx = [[1, 0, -1], [2, 0, -2], [1, 0, -1]] and ky = kx^T; magnitude sqrt(gx^2 + gy^2);
     angle atan2(gx, gy) (this argument order); bin = floor(angle / pi * nbins) mod nbins,

@@ -4,10 +4,10 @@ A mask unit at 16x224^2 is one temporal token x 8x8 patch tokens (2 frames x 32x
 pixels), so the default unit grid is 8x7x7. `CubeMaskGenerator` reproduces the reference
 cube masking of facebookresearch/SlowFast (`slowfast/datasets/transform.py`,
 `MaskingGenerator3D`, built by `slowfast/datasets/kinetics.py` `_gen_mask`): random
-spatio-temporal blocks are added until round(ratio * units) units are masked (DESIGN.md
-"MaskFeat"). It is batched: the Python loop runs over block placements, each placement
-draws all its tries for the whole batch at once and counts overlaps with a summed-volume
-table, so no Python code runs per unit. `upsample_mask` maps units to token grids.
+spatio-temporal blocks are added until round(ratio * units) units are masked. It is
+batched: the Python loop runs over block placements, each placement draws all its tries
+for the whole batch at once and counts overlaps with a summed-volume table, so no Python
+code runs per unit. `upsample_mask` maps units to token grids.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class CubeMaskGenerator:
     bh < h and bw < w and it adds between 1 and the remaining budget new units. Blocks are
     added until the budget is met or a block finds no acceptable try in max_attempts
     (then the mask stays below the budget). At 8x7x7 and ratio 0.4: 157 of 392 units at
-    most, 155.7 on average (DESIGN.md).
+    most, 155.7 on average (the reference, measured).
     """
 
     def __init__(

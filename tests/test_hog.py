@@ -1,7 +1,7 @@
 """Contracts for MaskFeat HOG / pixel targets (pretrain/hog.py).
 
 The default HOG convention is checked against an independent per-pixel oracle written
-from DESIGN.md ("MaskFeat") and against analytic ramps; the skimage mode against
+from the reference MaskFeat convention (SlowFast HOGLayerC) and against analytic ramps; the skimage mode against
 scikit-image itself; the token layout against an explicit index formula.
 """
 
@@ -21,7 +21,7 @@ from pretrain.hog import HOGLayer, hog_targets, pixel_targets
 
 
 def _oracle_maskfeat_hog(img: np.ndarray, nbins: int = 9, cell: int = 8) -> np.ndarray:
-    """img (C, H, W) -> (C, nbins, H/cell, W/cell), DESIGN.md's MaskFeat convention."""
+    """img (C, H, W) -> (C, nbins, H/cell, W/cell), the reference MaskFeat convention."""
     C, H, W = img.shape
 
     def px(c, y, x):  # reflect padding: index -1 reads 1, index H reads H-2

@@ -16,7 +16,7 @@ def _seeded(seed):
 
 
 def _sequential_reference(rng, grid=(8, 7, 7), budget=157, min_area=9, max_area=49):
-    """DESIGN.md's cube masking rules, one try at a time in plain Python (the reference
+    """The reference cube masking rules (SlowFast MaskingGenerator3D), one try at a time in plain Python (the reference
     algorithm's structure), to compare distributions with the batched generator."""
     T, H, W = grid
     mask = np.zeros(grid, dtype=bool)
@@ -49,7 +49,7 @@ def test_defaults_match_reference_statistics():
     assert masks.shape == (256, 8, 7, 7) and masks.dtype == torch.bool
     counts = masks.flatten(1).sum(1).float()
     assert 0.39 <= counts.mean().item() / 392 <= 0.40
-    # DESIGN.md (reference, 200 draws): mean 155.7, min 150, max 157. The mean of 256
+    # The reference (200 draws): mean 155.7, min 150, max 157. The mean of 256
     # draws has a standard deviation of about 0.1 units.
     assert 155.0 <= counts.mean().item() <= 156.4
     assert counts.max().item() == 157 and counts.min().item() >= 140

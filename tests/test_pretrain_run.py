@@ -124,3 +124,19 @@ def test_help_lists_options():
     assert r.returncode == 0
     for key in ["optim.lr", "train.resume", "mask.ratio", "data.train", "model.name"]:
         assert key in r.stdout
+
+
+def test_recipe_placeholders_must_be_set():
+    r = run(["--config", str(ROOT / "configs" / "pretrain" / "k400_mvitv2_s_16x4_maskfeat.yaml")])
+    assert r.returncode == 2 and "data.train" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_clips_longer_than_every_video_end_in_one_line(shards, tmp_path):
+    """24-frame videos, 16x4 clips: every sample is skipped, and the run stops with the reason
+    (rate-limited warnings, no traceback) instead of looping forever."""
+    r = run([f"data.train={shards}", f"train.output_dir={tmp_path / 'run'}", "train.steps=2", "train.warmup_steps=1",
+             *TINY, "data.frames=16", "data.stride=4"])
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: videodata: 1000 consecutive failures") and "clip needs 61" in last
+    assert "Traceback" not in r.stderr and r.stderr.count("skipped") < 40

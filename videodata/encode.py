@@ -2,8 +2,8 @@
 
 Used twice: by the synthetic video generator (frames made in numpy) and by shard
 preparation, which re-encodes source videos to a short side of S pixels with a short
-GOP so that a random clip decodes few frames (DESIGN.md, "Ecosystem facts": the GOP
-length matters more than the decoding library).
+GOP so that a random clip decodes few frames (measured: the GOP length matters more than
+the decoding library).
 """
 
 from __future__ import annotations
