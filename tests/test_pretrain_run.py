@@ -76,7 +76,7 @@ def test_cli_runs_checkpoints_logs_and_exports(shards, tmp_path):
 def test_resume_continues_step_counter_and_lr(shards, tmp_path):
     out = tmp_path / "run"
     common = [f"data.train={shards}", f"train.output_dir={out}", "train.steps=6", "train.warmup_steps=2",
-              "train.save_every=100", *TINY]
+              "optim.lr=2e-3", "train.save_every=100", *TINY]
     first = run([*common, "train.stop_after=3"])
     assert first.returncode == 0, first.stderr[-3000:]
     assert "stopped at step 3 of 6" in first.stdout
