@@ -8,7 +8,8 @@ processes hits both alike. It reports medians, the ratio torchvision / ours, the
 pass (torch.utils.flop_counter, counted once per model), the achieved GFLOP/s and the fraction
 of a measured matmul peak (a large `torch.mm` in the same dtype, timed in the same rounds).
 
-    python scripts/benchmark.py                          # CPU fp32, 16x224², about 2-3 minutes on 2 cores
+    python scripts/benchmark.py                 # CPU fp32, 16x224², 2-3 minutes on 2 idle cores
+    python scripts/benchmark.py --threads 1     # steadier on a CPU shared with other jobs
     python scripts/benchmark.py --device cuda --dtype bf16 --compile --batch 8 --fwd-batch 8
 
 On CUDA, bf16 means autocast (weights stay fp32) and the timers are read after a synchronize.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
 import time
@@ -111,6 +113,36 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
+def cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo) and the core count."""
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def torchvision_mvit_v2_s(frames: int, size: int) -> torch.nn.Module:
+    """torchvision's mvit_v2_s built for frames×size² clips.
+
+    mvit_v2_s() fixes spatial_size=(224, 224), temporal_size=16 in its call to the private
+    builder `_mvit`, so for other sizes that call is intercepted to change the two sizes only.
+    """
+    from torchvision.models.video import mvit as tv_mvit
+    if (frames, size) == (16, 224):
+        return tv_mvit.mvit_v2_s()
+    builder = tv_mvit._mvit
+
+    def resized(**kwargs):
+        return builder(**{**kwargs, "spatial_size": (size, size), "temporal_size": frames})
+
+    tv_mvit._mvit = resized
+    try:
+        return tv_mvit.mvit_v2_s()
+    finally:
+        tv_mvit._mvit = builder
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -125,8 +157,9 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 on both sides
     torch.backends.cudnn.allow_tf32 = False
 
-    tv = torchvision.models.video.mvit_v2_s().eval()
-    ours = mvit.create_model("mvitv2_s_16x4").eval()
+    # both built for the benchmarked clip size (torchvision's MViT only runs at its built size)
+    tv = torchvision_mvit_v2_s(args.frames, args.size).eval()
+    ours = mvit.create_model("mvitv2_s_16x4", input_size=(args.frames, args.size, args.size)).eval()
     report = mvit.load_pretrained(ours, tv.state_dict())
     assert not report.missing and not report.unexpected, report.summary()
     tv, ours = tv.to(dev), ours.to(dev)
@@ -134,9 +167,10 @@ def main(argv=None):
     hw = (args.frames, args.size, args.size)
     x_fwd = torch.randn(args.fwd_batch, 3, *hw, device=dev)
     x_bwd = torch.randn(args.batch, 3, *hw, device=dev)
-    where = torch.cuda.get_device_name() if dev == "cuda" else f"{platform.processor() or platform.machine()}"
+    where = torch.cuda.get_device_name() if dev == "cuda" else cpu_name()
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, device {dev} ({where}), "
-          f"threads {torch.get_num_threads()}, dtype {args.dtype}, compile {args.compile}")
+          f"threads {torch.get_num_threads()}, dtype {args.dtype}, compile {args.compile}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"input fwd {tuple(x_fwd.shape)}, fwd+bwd {tuple(x_bwd.shape)}")
 
     # --- identical outputs (eager fp32 first: the contract; then the benchmarked mode)
@@ -193,19 +227,24 @@ def main(argv=None):
                 f"{n} {p} {v[-1] * 1e3:.0f} ms" for (n, p), v in times.items()), flush=True)
 
     peak = 2 * n ** 3 / statistics.median(mm_times)
-    print(f"\nmatmul peak ({n}² {args.dtype} torch.mm, median): {peak / 1e9:.1f} GFLOP/s")
-    # achieved rate = the model's FLOPs (torchvision's count: the plain MViTv2 math) / time, for
-    # both; ours executes somewhat more (its attention runs with a wider head, see the note above)
-    print("\n| pass | batch | torchvision ms | ours ms | speedup (tv/ours) | model GFLOP "
+    print(f"\nmatmul peak ({n}² {args.dtype} torch.mm, median): {peak / 1e9:.1f} GFLOP/s; "
+          f"load average now {os.getloadavg()[0]:.1f}")
+    # speedup: ratio of the medians; in brackets the median and range of the per-round ratios
+    # (each round times both models back to back, so its ratio sees the same machine load).
+    # Achieved rate = the model's FLOPs (torchvision's count: the plain MViTv2 math) / time, for
+    # both; ours executes somewhat more (its attention runs with a wider head, see above).
+    print("\n| pass | batch | torchvision ms | ours ms | speedup (tv/ours) [per round] | model GFLOP "
           "| torchvision GFLOP/s (% peak) | ours GFLOP/s (% peak) |")
     print("|---|---|---|---|---|---|---|---|")
     for p in passes:
         med = {name: statistics.median(times[name, p]) for name in models}
+        ratios = [a / b for a, b in zip(times["torchvision", p], times["ours", p])]
         batch = args.fwd_batch if p == "fwd" else args.batch
         work = flops["torchvision", p]
         cells = [f"{work / med[n] / 1e9:.1f} ({100 * work / med[n] / peak:.0f}%)" for n in models]
         print(f"| {p} | {batch} | {med['torchvision'] * 1e3:.0f} | {med['ours'] * 1e3:.0f} "
-              f"| {med['torchvision'] / med['ours']:.2f}× | {work / 1e9:.1f} | {cells[0]} | {cells[1]} |")
+              f"| {med['torchvision'] / med['ours']:.2f}× [{statistics.median(ratios):.2f}, "
+              f"{min(ratios):.2f}–{max(ratios):.2f}] | {work / 1e9:.1f} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":
