@@ -278,9 +278,10 @@ class PatchEmbed(nn.Module):
 class MultiScaleAttention(nn.Module):
     """Pooling attention with decomposed relative position bias and residual pooling.
 
-    q, k, v come from one qkv Linear; each is pooled by a depthwise conv over the grid (kernel
+    q, k, v come from the qkv Linear; each is pooled by a depthwise conv over the grid (kernel
     shared across heads, applied per head channel) and LayerNorm(head width). The rel-pos bias
-    is the additive mask of scaled_dot_product_attention (its fused CPU / GPU kernels accept one).
+    rides in scaled_dot_product_attention's dot products (rel_pos_attention), so the fused CPU /
+    GPU kernels run without a mask, backward included.
     """
 
     def __init__(self, cfg: MViTConfig, dim: int, dim_out: int, heads: int, grid: Grid,
