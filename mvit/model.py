@@ -14,7 +14,7 @@ flattened in that order, with the optional class token first.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
