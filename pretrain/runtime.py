@@ -255,16 +255,17 @@ class Checkpoints:
 # ----------------------------------------------------------------------------- the loop
 
 
-def _unwrap(acc: Accelerator, model):
-    return acc.unwrap_model(model)
-
-
 def param_checksum(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _new_window() -> dict:
+    """Running sums between two log lines."""
+    return dict(loss=0.0, n=0, wait=0.0, t0=time.perf_counter(), clips=0, skipped=0)
 
 
 class Trainer:
@@ -291,7 +292,7 @@ class Trainer:
         return self.state.step
 
     def _log_images(self, batch):
-        images = _unwrap(self.acc, self.task).images(batch)
+        images = self.acc.unwrap_model(self.task).images(batch)
         tracker = self.acc.get_tracker("tensorboard", unwrap=True)
         for name, img in images.items():  # (3, H, W) float in [0, 1]
             tracker.add_image(name, img, self.state.step)
@@ -304,8 +305,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.state.step, disable=not (cfg.progress and acc.is_local_main_process),
                    unit="step", dynamic_ncols=True)
         self.task.train()
-        window = dict(loss=0.0, n=0, wait=0.0, t0=time.perf_counter(), clips=0, skipped=0)
-        seen = []
+        window, step_clips, seen = _new_window(), 0, []
         it = iter(loader)
         end = min(total, self.state.step + cfg.stop_after) if cfg.stop_after else total
         while self.state.step < end:
@@ -330,21 +330,21 @@ class Trainer:
                     grad_norm = acc.clip_grad_norm_(self.task.parameters(), self.clip_grad)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-            window["loss"] += loss.item()
+            window["loss"] += loss.detach()  # a tensor: no host sync per step (GPU)
             window["n"] += 1
-            window["clips"] += batch["video"].shape[0]
+            step_clips += batch["video"].shape[0]
             if not acc.sync_gradients:
                 continue
             self.state.step += 1
-            self.state.clips += window["clips"] * acc.num_processes  # ranks run equal batches
+            self.state.clips += step_clips * acc.num_processes  # ranks run equal batches
+            window["clips"] += step_clips
+            step_clips = 0
             self.scheduler.step_update(self.state.step)
             step = self.state.step
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
             bar.update(1)
             if step % cfg.log_every == 0 or step == end:
                 self._log(window, report, grad_norm, bar)
-                window = dict(loss=0.0, n=0, wait=0.0, t0=time.perf_counter(), clips=0, skipped=0)
+                window = _new_window()
             if cfg.image_every and step % cfg.image_every == 0 and acc.is_main_process:
                 self._log_images(batch)
             if step % cfg.save_every == 0 or step == end:
@@ -358,9 +358,12 @@ class Trainer:
     def _log(self, window, report, grad_norm, bar):
         acc = self.acc
         elapsed = time.perf_counter() - window["t0"]
-        stats = torch.tensor([window["loss"] / max(window["n"], 1), window["skipped"]], device=acc.device)
-        stats = acc.reduce(stats, "sum")
+        mean_loss = torch.as_tensor(window["loss"], device=acc.device).float() / max(window["n"], 1)
+        stats = acc.reduce(torch.stack([mean_loss, torch.tensor(float(window["skipped"]), device=acc.device)]), "sum")
         loss = stats[0].item() / acc.num_processes
+        if not math.isfinite(loss):
+            raise RunError(f"loss is {loss} at step {self.state.step}; lower optim.lr or check the data "
+                           f"(last checkpoint: {self.checkpoints.list()[-1] if self.checkpoints.list() else 'none'})")
         values = {
             "train/loss": loss,
             "train/lr": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0),
@@ -379,7 +382,7 @@ class Trainer:
     def _write_audit(self, seen):
         out = Path(self.cfg.output_dir) / "audit"
         out.mkdir(parents=True, exist_ok=True)
-        model = _unwrap(self.acc, self.task)
+        model = self.acc.unwrap_model(self.task)
         record = {"rank": self.acc.process_index, "step": self.state.step, "samples": seen,
                   "param_checksum": param_checksum(model)}
         (out / f"rank{self.acc.process_index}.json").write_text(json.dumps(record))

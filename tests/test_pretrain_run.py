@@ -47,7 +47,7 @@ def scalars(out_dir):
 def test_cli_runs_checkpoints_logs_and_exports(shards, tmp_path):
     out = tmp_path / "run"
     r = run([f"data.train={shards}", f"train.output_dir={out}", "train.steps=4", "train.warmup_steps=1",
-             "train.save_every=2", "train.keep_last=1", *TINY],
+             "train.save_every=2", "train.keep_last=1", *TINY, "train.log_every=2"],
             launcher=("accelerate", "launch", "--num_processes", "1", "--cpu"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "done at step 4" in r.stdout and "encoder export" in r.stdout
@@ -57,7 +57,9 @@ def test_cli_runs_checkpoints_logs_and_exports(shards, tmp_path):
     logged = scalars(out)
     for tag in ["train/loss", "train/lr", "train/grad_norm", "train/clips_per_s", "train/data_wait_fraction",
                 "data/skipped_samples", "train/loss_hog"]:
-        assert sorted(logged[tag]) == [1, 2, 3, 4], tag
+        assert sorted(logged[tag]) == [2, 4], tag
+    # 4 steps × 2 clips = the 8 videos of the manifest: exactly one epoch
+    assert logged["train/epoch"][4] == pytest.approx(1.0) and logged["train/epoch"][2] == pytest.approx(0.5)
     assert {"mask/input", "hog/target_vs_prediction"} <= logged["_images"]
 
     # the export rebuilds the encoder, and loads into the finetune form of the architecture
