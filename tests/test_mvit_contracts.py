@@ -178,3 +178,24 @@ def test_bad_config_is_named():
         mvit.create_model("mvitv2_s_16x4", no_such_field=1)
     with pytest.raises(KeyError, match="mvitv2_nope"):
         mvit.create_model("mvitv2_nope")
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (1, 2, 2), (1, 4, 4), (1, 8, 8)])
+def test_depthwise_pool_backward_matches_autograd_conv(stride):
+    """Our CPU backward of the depthwise pooling conv (written as forward convs) against
+    PyTorch's own conv3d backward, and gradcheck in float64."""
+    import torch.nn.functional as F
+    from mvit.model import depthwise_conv
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 1, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    ours = depthwise_conv(x, w, stride, (1, 1, 1))
+    ref = F.conv3d(x, w, None, stride, (1, 1, 1), groups=6)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ref)
+    gx, gw = torch.autograd.grad(ours, (x, w), g)
+    rx, rw = torch.autograd.grad(ref, (x, w), g)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    small = (x[:1, :2, :, :8, :8].detach().requires_grad_(), w[:2].detach().requires_grad_())
+    assert torch.autograd.gradcheck(lambda a, b: depthwise_conv(a, b, stride, (1, 1, 1)), small)
