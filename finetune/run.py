@@ -26,9 +26,8 @@ import torch  # noqa: E402
 import mvit  # noqa: E402
 from finetune import evaluate  # noqa: E402
 from finetune.classify import Classification  # noqa: E402
-from pretrain.config import to_dict  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
-                              describe, entry_point, find_shards, setup, start_run)
+                              build_backbone, describe, entry_point, find_shards, setup, start_run)
 
 
 @dataclass
@@ -87,15 +86,6 @@ class FinetuneConfig:
 
 
 # ----------------------------------------------------------------------------- building
-
-
-def build_model(cfg: FinetuneConfig, num_classes: int) -> torch.nn.Module:
-    size = (cfg.data.frames, cfg.data.crop, cfg.data.crop)
-    arch = to_dict(cfg.model)["arch"]
-    model = mvit.create_model(cfg.model.name, input_size=size, num_classes=num_classes, **arch)
-    if cfg.train.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    return model
 
 
 def load_init(model, cfg: FinetuneConfig, accelerator) -> None:
@@ -218,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     num_classes = cfg.model.num_classes or len(classes)
     if num_classes <= 0:
         raise RunError("model.num_classes is needed (the training shards' manifest lists no classes)")
-    model = build_model(cfg, num_classes)
+    model = build_backbone(cfg, num_classes=num_classes)
     load_init(model, cfg, accelerator)
     config_yaml = start_run(accelerator, cfg, "tb")
     out = Path(cfg.train.output_dir)

@@ -19,10 +19,9 @@ if __package__ in (None, ""):  # `accelerate launch pretrain/run.py` runs this f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mvit  # noqa: E402
-from pretrain.config import to_dict  # noqa: E402
 from pretrain.maskfeat import MaskFeat  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
-                              describe, entry_point, find_shards, setup, start_run)
+                              build_backbone, describe, entry_point, find_shards, setup, start_run)
 
 
 @dataclass
@@ -60,13 +59,8 @@ class PretrainConfig:
 
 
 def build_task(cfg: PretrainConfig) -> MaskFeat:
+    encoder = build_backbone(cfg, pretraining=True)
     size = (cfg.data.frames, cfg.data.crop, cfg.data.crop)
-    arch = to_dict(cfg.model)["arch"]  # plain lists, not OmegaConf containers
-    encoder = mvit.create_model(cfg.model.name, pretraining=True, input_size=size, **arch)
-    if cfg.train.grad_checkpointing:
-        encoder.set_grad_checkpointing(True)
-    if cfg.train.compile:
-        encoder.compile()  # in place: parameter names (and so checkpoints / exports) stay clean
     return MaskFeat(encoder, size, mask_ratio=cfg.mask.ratio, mask_mode=cfg.mask.mode, targets=tuple(cfg.mask.targets))
 
 

@@ -109,6 +109,23 @@ def setup(schema, argv, prog: str, doc: str):
     return cfg, accelerator
 
 
+def build_backbone(cfg, **overrides) -> torch.nn.Module:
+    """The run's MViT: model.name with model.arch overrides, sized for the data's clips, with
+    the train section's gradient checkpointing and compile (in place: parameter names, so
+    checkpoints and exports, stay clean)."""
+    import mvit
+
+    from .config import to_dict
+    size = (cfg.data.frames, cfg.data.crop, cfg.data.crop)
+    arch = to_dict(cfg.model)["arch"]  # plain lists, not OmegaConf containers
+    model = mvit.create_model(cfg.model.name, **{**arch, "input_size": size, **overrides})
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if cfg.train.compile:
+        model.compile()
+    return model
+
+
 @dataclass
 class Shards:
     train: str
@@ -395,7 +412,7 @@ def start_run(accelerator: Accelerator, cfg, run_name: str) -> str:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(text)
-    accelerator.init_trackers(run_name, config={k: v for k, v in flat_scalars(cfg).items()})
+    accelerator.init_trackers(run_name, config=flat_scalars(cfg))
     return text
 
 
