@@ -338,17 +338,38 @@ def test_pixel_targets_reference_default_and_errors():
         pixel_targets(torch.zeros(1, 3, 4, 32, 32), grid=(2, 1, 2))
 
 
-def test_separable_sobel_equals_conv_with_the_buffers():
-    # HOGLayerC's formulation: reflect pad, grouped conv2d with weight_x / weight_y,
-    # stack-norm magnitude, atan2(gx, gy) phase, scatter into bins, sum-pool cells.
-    layer = HOGLayer()
-    x = torch.randn(2, 3, 32, 40, dtype=torch.float64)
-    xp = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+def _conv_reference(layer: HOGLayer, x: torch.Tensor) -> torch.Tensor:
+    """HOGLayerC's formulation, float64: reflect pad, grouped conv2d with weight_x /
+    weight_y, stack-norm magnitude, atan2(gx, gy) phase, scatter into bins, sum-pool
+    cells, F.normalize over bins."""
+    N, C, H, W = x.shape
+    xp = torch.nn.functional.pad(x.double(), (1, 1, 1, 1), mode="reflect")
     gx = torch.nn.functional.conv2d(xp, layer.weight_x.double(), groups=3)
     gy = torch.nn.functional.conv2d(xp, layer.weight_y.double(), groups=3)
     bins = torch.floor(torch.atan2(gx, gy) / math.pi * 9).long() % 9
-    dense = torch.zeros(2, 3, 9, 32, 40, dtype=torch.float64)
+    dense = torch.zeros(N, C, 9, H, W, dtype=torch.float64)
     dense.scatter_add_(2, bins[:, :, None], torch.stack([gx, gy], -1).norm(dim=-1)[:, :, None])
-    pooled = dense.view(2, 3, 9, 4, 8, 5, 8).sum((4, 6))
-    expected = torch.nn.functional.normalize(pooled, p=2, dim=2)
-    torch.testing.assert_close(layer(x), expected, atol=1e-12, rtol=0)
+    pooled = dense.view(N, C, 9, H // 8, 8, W // 8, 8).sum((4, 6))
+    return torch.nn.functional.normalize(pooled, p=2, dim=2)
+
+
+def test_separable_sobel_equals_conv_with_the_buffers():
+    layer = HOGLayer()
+    x = torch.randn(2, 3, 32, 40, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), _conv_reference(layer, x), atol=1e-12, rtol=0)
+
+
+def test_cpu_chunks_and_reused_scratch_give_the_same_result():
+    # 224x224 frames go through in chunks of 2 on CPU, with temporaries kept between
+    # calls: an odd batch (last chunk short), then another size, then the first again.
+    layer = HOGLayer()
+    g = torch.Generator().manual_seed(7)
+    big = torch.randn(5, 3, 224, 224, generator=g, dtype=torch.float64)
+    small = torch.randn(3, 3, 32, 40, generator=g, dtype=torch.float64)
+    expected_big = _conv_reference(layer, big)
+    for x, expected in ((big, expected_big), (small, _conv_reference(layer, small)), (big, expected_big)):
+        torch.testing.assert_close(layer(x), expected, atol=1e-12, rtol=0)
+    first = layer(big.float())
+    assert first.dtype == torch.float32
+    torch.testing.assert_close(layer(big.float()), first, atol=0, rtol=0)
+    assert layer(big.float()).data_ptr() != first.data_ptr()  # results are never scratch views
