@@ -332,7 +332,10 @@ class MultiScaleAttention(nn.Module):
             # a channels-last weight keeps oneDNN on its channels-last depthwise kernel (the patch
             # tokens already are a channels-last grid; the output comes back as (B, N', C) without
             # a copy): the stage-1 q pool runs ~4× faster than with a plain weight on CPU
-            w = w.contiguous(memory_format=torch.channels_last_3d if w.dim() == 5 else torch.channels_last)
+            # With one input channel both layouts order memory alike, so it is a view; a clone to
+            # channels-last would hand pool.weight a gradient with channels-last strides, which
+            # DDP reports as "grad strides do not match bucket view"
+            w = w.as_strided(w.shape, (w.stride(0), 1, *w.stride()[2:]))
             op = lambda t: depthwise_conv(t, w, pool.stride, pool.padding)  # noqa: E731
             x, grid = pool_tokens(x.flatten(2), grid, op, self.prefix)
             x = x.unflatten(2, (h, c))

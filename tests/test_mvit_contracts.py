@@ -36,6 +36,9 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
     for k, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), k
         assert p.grad.abs().sum() > 0, f"{k} got a zero gradient"
+        # DDP copies grads into bucket views laid out like the parameters; other strides
+        # (even in a size-1 dim) make it warn "grad strides do not match bucket view"
+        assert p.grad.stride() == p.stride(), f"{k}: grad strides {p.grad.stride()} vs {p.stride()}"
 
 
 @pytest.mark.parametrize("name", ["mvitv2_s_16x4", "mvitv2_s_16x4_maskfeat", "mvitv2_tiny", "mvitv2_small_cls"])
