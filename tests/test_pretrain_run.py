@@ -111,7 +111,6 @@ def test_two_cpu_processes_split_data_and_stay_in_sync(shards, tmp_path):
     seen = [set(a["samples"]) for a in audits]
     assert all(len(s) >= 2 for s in seen) and not (seen[0] & seen[1])
     assert audits[0]["param_checksum"] == audits[1]["param_checksum"]
-    assert "grad strides do not match" not in r.stderr  # DDP's bucket views fit every grad
 
 
 def test_bad_config_key_is_one_line(tmp_path):
