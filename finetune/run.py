@@ -46,7 +46,8 @@ class DataConfig:
     sampling: str = field(default="random", metadata={"help": "random clips, or segment (SSv2)"})
     scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])
-    flip: bool = True
+    flip: bool = field(default=False, metadata={"help": "random horizontal flip; off for the demo's (and SSv2's) "
+                                                         "left/right classes, on in the Kinetics recipes"})
     rand_augment: Optional[str] = field(default=None, metadata={"help": "timm RandAugment, e.g. rand-m7-n2-mstd0.5-inc1"})
     erase_prob: float = 0.0
     repeats: int = field(default=2, metadata={"help": "clips per decoded video (repeated sampling)"})

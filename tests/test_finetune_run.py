@@ -136,3 +136,54 @@ def test_resume_and_frozen_eval(data, tmp_path):
     frozen = json.loads((tmp_path / "frozen" / "frozen_metrics.json").read_text())
     assert frozen["train_videos"] == 6 and frozen["val_videos"] == 5
     assert 0 <= frozen["knn_top1"] <= 1 and 0 <= frozen["linear_probe_top1"] <= 1
+
+
+def test_two_cpu_processes_train_and_test_every_video_once(data, tmp_path):
+    """DDP finetuning on two CPU processes, then the multi-view test gathered from both
+    ranks (5 videos: one rank gets more): each video once with all its views, and the
+    same predictions as a one-process evaluation of the exported classifier."""
+    out = tmp_path / "ddp"
+    common = [*data_args(data), "model.name=mvitv2_s_16x4_maskfeat", ARCH, *TINY]
+    r = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", RUN, *common, "init=none",
+                        f"train.output_dir={out}", "train.steps=2", "train.warmup_steps=1", "val_every=1"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "'processes': 2" in r.stdout
+    two = {row["video_id"]: row for row in csv.DictReader(open(out / "test_predictions.csv"))}
+    assert len(two) == 5 and all(row["num_views"] == "2" for row in two.values())
+
+    single = tmp_path / "single"
+    r = run([*common, "eval_only=true", f"init={out / 'export' / 'model.safetensors'}",
+             f"train.output_dir={single}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = {row["video_id"]: row for row in csv.DictReader(open(single / "test_predictions.csv"))}
+    assert one.keys() == two.keys()
+    for vid in one:
+        assert one[vid]["pred"] == two[vid]["pred"] and one[vid]["label"] == two[vid]["label"], vid
+        assert float(one[vid]["prob"]) == pytest.approx(float(two[vid]["prob"]), abs=1e-5), vid
+
+
+RECIPES = sorted(p for stage in ("pretrain", "finetune") for p in (ROOT / "configs" / stage).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipe_parses_and_flips_only_where_labels_allow(recipe):
+    from finetune.run import FinetuneConfig
+    from pretrain.config import parse_config
+    from pretrain.run import PretrainConfig
+    schema = {"finetune": FinetuneConfig, "pretrain": PretrainConfig}[recipe.parent.name]
+    from omegaconf import OmegaConf
+    holes = [f"{key}=x" for key in sorted(OmegaConf.missing_keys(OmegaConf.load(recipe)))]  # the user's paths
+    cfg = parse_config(schema, ["--config", str(recipe), *holes])
+    # Horizontal flips turn "left" motion into "right": Kinetics flips, SSv2 names
+    # directions and must not; pretraining has no labels to break.
+    assert cfg.data.flip == (recipe.parent.name == "pretrain" or recipe.name.startswith("k400")), recipe.name
+
+
+def test_demo_finetune_does_not_flip_its_left_right_classes():
+    from finetune.run import FinetuneConfig
+    from pretrain.config import parse_config
+    from videodata.synthetic import LABELS
+    assert any("left" in label for label in LABELS) and not parse_config(FinetuneConfig, []).data.flip
