@@ -66,7 +66,9 @@ class HOGLayer(nn.Module):
     The Sobel kernels are buffers named and shaped like the reference's (`weight_x`,
     `weight_y`, (3, 1, 3, 3)) so reference MaskFeat checkpoints (`hogs.0.weight_x`) load
     into a model holding this layer; forward applies them in separable form (tested to
-    equal F.conv2d with the buffers). All work is tensor ops on the input's device.
+    equal F.conv2d with the buffers). All work is tensor ops on the input's device. On
+    CPU the layer keeps its per-chunk temporaries between calls (~10 MiB at 224x224, not
+    part of the state dict), so one layer must not be called from two threads at once.
     """
 
     def __init__(self, nbins: int = 9, cell_size: int = 8, mode: str = "maskfeat"):
