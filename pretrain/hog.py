@@ -22,7 +22,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["HOGLayer", "hog_targets", "pixel_targets"]
 
@@ -135,7 +134,7 @@ class HOGLayer(nn.Module):
         cols = torch.arange(W, device=x.device) // c
         base = (rows[:, None] * (W // c) + cols[None, :]) * k + self.nbins
         # Slot indices are built in floating point (exact below 2^24 in float32).
-        exact = x.dtype == torch.float64 or base.max() + k < 2**24
+        exact = x.dtype == torch.float64 or (H // c) * (W // c) * k < 2**24
         scratch = {
             # Central differences with the border rows (dx) / columns (dy) left for the
             # reflect padding; the other border is 0 by reflection and never written.
@@ -156,7 +155,7 @@ class HOGLayer(nn.Module):
     def _maskfeat_chunk(self, x: torch.Tensor, s: dict[str, torch.Tensor], out: torch.Tensor) -> None:
         """x (n, C, H, W) -> out (n, C, nbins, H/cell, W/cell), through the scratch tensors s."""
         n, C, H, W = x.shape
-        nb, c = self.nbins, self.cell_size
+        nb = self.nbins
         # Sobel cross-correlation with reflect padding 1, in separable form:
         # kx = [1, 2, 1]^T [1, 0, -1] and ky = kx^T, the same numbers as F.conv2d with the
         # weight_x / weight_y buffers (a test checks it), 2.5-20x faster on CPU than
