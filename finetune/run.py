@@ -123,6 +123,12 @@ def eval_loader(cfg: FinetuneConfig, urls: str, accelerator, *, clips: int, crop
                              short_side=d.short_side)
 
 
+def require_labels(batch: dict) -> None:
+    """Trainer's check_batch: every training clip needs a class (unlabeled shards say -1)."""
+    if (batch["label"] < 0).any():
+        raise RunError("finetuning needs labelled shards (found label -1: unlabeled videos)")
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                           switch_prob=cfg.mix.switch_prob, label_smoothing=cfg.mix.label_smoothing,
                           ema_decay=cfg.ema_decay)
     sched = Schedule.derive(cfg.train, cfg.optim, epoch_samples, accelerator.num_processes)
-    trainer = Trainer(task, cfg.train, cfg.optim, sched, accelerator, config_yaml)
+    trainer = Trainer(task, cfg.train, cfg.optim, sched, accelerator, config_yaml, check_batch=require_labels)
     start = trainer.resume()
     accelerator.print(f"finetuning {cfg.model.name} on {train_urls} ({num_classes} classes): "
                       f"{describe(sched, accelerator)}")

@@ -289,8 +289,11 @@ class Trainer:
     """Owns the accelerator, optimizer, schedule and checkpoints of one run."""
 
     def __init__(self, task: torch.nn.Module, train: TrainConfig, optim: OptimConfig, sched: Schedule,
-                 accelerator: Accelerator, config_yaml: str):
+                 accelerator: Accelerator, config_yaml: str, check_batch=None):
+        """check_batch(batch): called on each batch while it is still on the host, before the
+        device sees it (raise RunError to stop with one line; no device sync per step)."""
         self.cfg, self.sched, self.acc = train, sched, accelerator
+        self.check_batch = check_batch
         self.state = RunState()
         self.optimizer = make_optimizer(task, optim, sched.lr)
         self.scheduler = make_scheduler(self.optimizer, optim, sched)
@@ -335,6 +338,8 @@ class Trainer:
             except TooManyFailures as e:  # re-raised from a worker with its traceback: keep the reason
                 raise RunError(str(e).strip().splitlines()[-1].split(": ", 1)[-1]) from None
             window["wait"] += time.perf_counter() - t_wait
+            if self.check_batch is not None:
+                self.check_batch(batch)
             window["skipped"] += int(batch.get("skipped", 0))
             if cfg.audit:
                 seen += list(batch.get("video_id", []))

@@ -119,6 +119,17 @@ def test_mismatched_init_fails_with_one_line(data, tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_unlabeled_training_shards_are_a_one_line_error(data, tmp_path):
+    from videodata import write_shards
+    videos = sorted((data["root"] / "train").rglob("*.mp4"))[:2]
+    manifest = write_shards([(str(v), None) for v in videos], tmp_path / "unlabeled", name="train", short_side=72)
+    r = run([f"data.train={tmp_path / 'unlabeled' / manifest['url_pattern']}", f"data.val={data['val']}", "init=none",
+             "model.num_classes=3", f"train.output_dir={tmp_path / 'x'}", "model.name=mvitv2_s_16x4_maskfeat",
+             ARCH, *TINY, "train.steps=3", "train.warmup_steps=1", "val_every=0"])
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.count("\n") == 1 and "labelled shards" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_resume_and_frozen_eval(data, tmp_path):
     out = tmp_path / "ft"
     common = [*data_args(data), "init=none", f"train.output_dir={out}", "model.name=mvitv2_s_16x4_maskfeat", ARCH,
