@@ -152,7 +152,7 @@ def predict(model, loader, accelerator):
         views.append(batch["view"])
         labels.append(batch["label"])
     if not logits:
-        raise RuntimeError("the evaluation loader produced no clips (empty or unreadable val shards?)")
+        raise RunError("the evaluation loader produced no clips (empty or unreadable val shards?)")
     parts = gather((torch.cat(logits), ids, torch.cat(views), torch.cat(labels)), accelerator)
     return evaluate.aggregate_views(torch.cat([p[0] for p in parts]), [i for p in parts for i in p[1]],
                                     torch.cat([p[3] for p in parts]), views=torch.cat([p[2] for p in parts]))
@@ -165,7 +165,7 @@ def test_and_report(model, cfg, urls, classes, accelerator, *, prefix="test", st
     num_classes = agg.probs.shape[1]
     names = classes if len(classes) == num_classes else [str(i) for i in range(num_classes)]
     metrics = evaluate.topk_accuracy(agg.probs, agg.labels)
-    preds = agg.probs.argmax(-1)
+    preds = agg.preds
     per_class = evaluate.per_class_accuracy(preds, agg.labels, num_classes)
     metrics.update(videos=len(agg.ids), views=f"{clips}x{crops}",
                    mean_class_acc=float(per_class[~per_class.isnan()].mean()))
