@@ -69,8 +69,12 @@ def _open(source):
 
 def _reason(exn: Exception) -> str:
     """A one-line reason without FFmpeg's file path or error number noise."""
-    text = getattr(exn, "strerror", None) or str(exn)
-    return " ".join(str(text).split())[:200]
+    return one_line(getattr(exn, "strerror", None) or exn)
+
+
+def one_line(text, limit: int = 200) -> str:
+    """Any message (or exception) as one line of at most `limit` characters."""
+    return " ".join(str(text).split())[:limit]
 
 
 def _fps(stream) -> float:

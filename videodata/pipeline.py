@@ -35,7 +35,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from videodata.decode import DecodeError, decode_frames
+from videodata.decode import DecodeError, decode_frames, one_line
 from videodata.sampling import TooShortError, random_clip, segment_clip, segment_clips, uniform_clips
 from videodata.shards import manifest_for_urls
 from videodata.sources import VIDEO_EXTENSIONS
@@ -154,7 +154,7 @@ def _read_shard(url: str, guard: _FailureGuard):
     def handler(exn):
         # webdataset appends the stream and URL to exn.args; the first one is the reason.
         reason = exn.args[0] if exn.args else exn
-        guard.failed(f"shard {url}", f"{type(exn).__name__}: {' '.join(str(reason).split())[:200]}", sample=False)
+        guard.failed(f"shard {url}", f"{type(exn).__name__}: {one_line(reason)}", sample=False)
         return True  # continue with the next shard / member
 
     yield from wds.tarfile_to_samples(handler=handler)([dict(url=url)])

@@ -33,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from videodata.decode import DecodeError, scan_video
+from videodata.decode import DecodeError, one_line, scan_video
 from videodata.encode import reencode
 from videodata.sources import VideoSource
 
@@ -100,7 +100,7 @@ def _prepare_task(args):
     except DecodeError as exn:
         return source, None, str(exn)
     except Exception as exn:  # a crash inside FFmpeg bindings or the encoder
-        return source, None, f"{type(exn).__name__}: {' '.join(str(exn).split())[:200]}"
+        return source, None, f"{type(exn).__name__}: {one_line(exn)}"
 
 
 def _prepare_crashed(task, reason: str):
@@ -115,7 +115,7 @@ def _check_task(source: VideoSource):
     except DecodeError as exn:
         return source, str(exn)
     except Exception as exn:
-        return source, f"{type(exn).__name__}: {' '.join(str(exn).split())[:200]}"
+        return source, f"{type(exn).__name__}: {one_line(exn)}"
 
 
 def _check_crashed(source: VideoSource, reason: str):
