@@ -1,5 +1,6 @@
 """Evaluation for the finetune stage: multi-view aggregation, metrics, CSV / image outputs,
-and frozen-feature health checks (weighted kNN, linear probe) of a pretraining export.
+frozen-feature extraction (per view and per video, saved / loaded as safetensors) and the
+frozen-feature health checks (weighted kNN, linear probe) of a pretraining export.
 
 Library code: pure torch / numpy, no accelerate and no argparse. The caller runs the model,
 gathers per-view outputs over ranks (duplicates that DDP padding adds are fine as long as
@@ -14,8 +15,10 @@ Accuracies are fractions in [0, 1], not percentages.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -343,38 +346,153 @@ def pool_tokens(tokens: torch.Tensor, num_prefix_tokens: int, pool: str = "mean"
     raise ValueError(f'pool must be "mean" or "cls", got {pool!r}')
 
 
-@torch.no_grad()
-def extract_features(model: torch.nn.Module, loader: Iterable[dict], device: torch.device | str, *,
-                     pool: str = "mean", max_batches: int | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Frozen features of every video the loader yields, views of a video averaged.
+@dataclass
+class VideoFeatures:
+    """Frozen encoder features, one row per video, rows sorted by video id.
 
-    model: anything with forward_features(video) -> (B, prefix + N, D) and num_prefix_tokens.
+    ids: N sorted ids; labels: (N,) long (-1 = unlabeled); features: (N, D) float32, the
+    mean over the video's views of the pooled tokens; view_features: (N, V, D) float32,
+    view v = clip * num_crops + crop as the eval loader tags it (NaN where the loader
+    yielded no such view: the eval loader yields every view of a video or none);
+    tokens: None or (N, V, t, h, w, D) float32 patch tokens (prefix tokens left out).
+    """
+
+    ids: list[str]
+    labels: torch.Tensor
+    features: torch.Tensor
+    view_features: torch.Tensor
+    tokens: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def extract_video_features(model: torch.nn.Module, loader: Iterable[dict], device: torch.device | str, *,
+                           pool: str = "mean", num_views: int | None = None, keep_tokens: bool = False,
+                           max_batches: int | None = None) -> VideoFeatures:
+    """Frozen features of every video the loader yields: per view and averaged over views.
+
+    The one extraction path: the frozen kNN / linear probe of finetune/run.py and
+    scripts/extract_features.py both call it, so their features cannot drift apart.
+    model: anything with forward_features(video) -> (B, prefix + N, D) and
+    num_prefix_tokens (keep_tokens also needs feature_grid(size) -> (t, h, w)).
     loader batches: "video" (B, 3, T, H, W), "label" (B,), optional "video_id" (list[str];
-    default: one id per row) and "view" (B,) (dedups repeated views, see mean_by_video).
-    -> (feats (V, D) float32 cpu, labels (V,) long, ids: V sorted video ids). The model runs
-    in eval mode and is put back in its previous mode afterwards. Per process: under DDP,
-    gather the results yourself.
+    default: one id per row) and "view" (B,) (default 0). num_views: V (default: the
+    largest view index + 1). The model runs in eval mode and is put back in its previous
+    mode afterwards. Per process: under DDP, gather the results yourself.
+
+    Rows are sorted by (video id, view) before anything is summed and a repeated (id, view)
+    pair (DDP padding) counts once, so the result does not depend on the order in which
+    loader workers or ranks delivered the clips. Raises ValueError when the views of a
+    video disagree on the label or a view index is >= num_views.
     """
     was_training = model.training
     model.eval()
-    feats, labels, ids, views = [], [], [], []
+    pooled, grids, labels, ids, views = [], [], [], [], []
     try:
         for b, batch in enumerate(loader):
             if max_batches is not None and b >= max_batches:
                 break
-            video = batch["video"].to(device, non_blocking=True)
+            video = batch["video"].to(device, non_blocking=True)  # (B, 3, T, H, W)
             tokens = model.forward_features(video)  # (B, prefix + N, D)
-            feats.append(pool_tokens(tokens, model.num_prefix_tokens, pool).float().cpu())  # (B, D)
+            pooled.append(pool_tokens(tokens, model.num_prefix_tokens, pool).float().cpu())  # (B, D)
+            if keep_tokens:
+                t, h, w = model.feature_grid(tuple(video.shape[2:]))
+                patches = tokens[:, model.num_prefix_tokens:]  # (B, t·h·w, D), t-major as the model flattens
+                grids.append(patches.reshape(video.shape[0], t, h, w, -1).float().cpu())  # (B, t, h, w, D)
             labels.append(torch.as_tensor(batch["label"]).long().cpu().reshape(-1))
             n = video.shape[0]
-            ids.extend(batch["video_id"] if "video_id" in batch else
+            ids.extend([str(v) for v in batch["video_id"]] if "video_id" in batch else
                        [f"row{len(ids) + i:08d}" for i in range(n)])
             views.append(torch.as_tensor(batch["view"]).long().cpu().reshape(-1) if "view" in batch
                          else torch.zeros(n, dtype=torch.long))
     finally:
         model.train(was_training)
-    if not feats:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), []
-    ids, mean, video_labels, _ = mean_by_video(torch.cat(feats), ids, torch.cat(labels), torch.cat(views))
-    return mean, video_labels, ids
+    if not pooled:
+        return VideoFeatures([], torch.zeros(0, dtype=torch.long), torch.zeros(0, 0), torch.zeros(0, 0, 0),
+                             torch.zeros(0, 0, 0, 0, 0, 0) if keep_tokens else None)
+
+    view = torch.cat(views)  # (R,) one entry per clip row
+    keys = list(zip(ids, view.tolist()))  # (video id, view) per row
+    order, seen = [], set()
+    for i in sorted(range(len(keys)), key=keys.__getitem__):  # stable: the first arrival of a pair first
+        if keys[i] not in seen:
+            seen.add(keys[i])
+            order.append(i)
+    keep = torch.tensor(order, dtype=torch.long)
+    rows, view, row_labels = torch.cat(pooled)[keep], view[keep], torch.cat(labels)[keep]  # (R', D), (R',), (R',)
+    row_ids = [ids[i] for i in order]
+    video_ids, features, video_labels, _ = mean_by_video(rows, row_ids, row_labels)
+    V = num_views if num_views is not None else int(view.max()) + 1
+    if int(view.max()) >= V:
+        raise ValueError(f"view index {int(view.max())} does not fit num_views={V}")
+    slot = {v: i for i, v in enumerate(video_ids)}
+    row_video = torch.tensor([slot[v] for v in row_ids], dtype=torch.long)  # (R',) row -> video
+    view_features = rows.new_full((len(video_ids), V, rows.shape[1]), math.nan)  # (N, V, D)
+    view_features[row_video, view] = rows
+    tokens = None
+    if keep_tokens:
+        row_tokens = torch.cat(grids)[keep]  # (R', t, h, w, D)
+        tokens = row_tokens.new_full((len(video_ids), V, *row_tokens.shape[1:]), math.nan)  # (N, V, t, h, w, D)
+        tokens[row_video, view] = row_tokens
+    return VideoFeatures(video_ids, video_labels, features, view_features, tokens)
+
+
+def extract_features(model: torch.nn.Module, loader: Iterable[dict], device: torch.device | str, *,
+                     pool: str = "mean", max_batches: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """`extract_video_features` as the (feats (V, D), labels (V,), sorted ids) that
+    knn_classify / linear_probe take."""
+    out = extract_video_features(model, loader, device, pool=pool, max_batches=max_batches)
+    return out.features, out.labels, out.ids
+
+
+def save_features(path: str | os.PathLike, feats: VideoFeatures, metadata: dict[str, str]) -> None:
+    """Write VideoFeatures as safetensors: tensors "features" (N, D), "view_features"
+    (N, V, D), "labels" (N,) int64 and, when kept, "tokens" (N, V, t, h, w, D); metadata
+    "video_ids" (JSON list in row order) plus `metadata` (str -> str). Written to a temp
+    file in the target folder and renamed, so a reader never sees half a file; equal
+    contents give byte-identical files (see `_sort_metadata`)."""
+    from safetensors.torch import save_file
+    tensors = {"features": feats.features, "view_features": feats.view_features, "labels": feats.labels}
+    if feats.tokens is not None:
+        tensors["tokens"] = feats.tokens
+    meta = {"video_ids": json.dumps(feats.ids), **metadata}
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=os.path.basename(path) + ".",
+                               suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        _sort_metadata(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _sort_metadata(path: str) -> None:
+    """safetensors writes the metadata map in hash order, which changes from process to
+    process; rewrite the header (8-byte length, then JSON) with the metadata keys sorted.
+    The tensor entries and the header length stay as they are, so the data offsets hold;
+    should the re-encoded JSON not fit that length, the file is left as written."""
+    with open(path, "r+b") as f:
+        size = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(size))
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:
+            f.seek(8)
+            f.write(text.ljust(size))  # safetensors pads the header with spaces too
+
+
+def load_features(path: str | os.PathLike) -> dict:
+    """Read a file of `save_features`: every tensor by name, every metadata entry as a
+    string, except "video_ids" (list[str], row order) and "grid" ([t, h, w]) parsed from JSON."""
+    from safetensors import safe_open
+    with safe_open(os.fspath(path), framework="pt") as f:
+        out = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata() or {})
+    for key in ("video_ids", "grid"):
+        if key in meta:
+            meta[key] = json.loads(meta[key])
+    return {**meta, **out}

@@ -5,7 +5,7 @@ Batch -> loss in named steps:
     make_masks      cube masks in mask units (1 temporal token × 8×8 patch tokens)
     forward_encoder masked tokens become the mask token; every token goes through the encoder
     targets         HOG per output token (one frame per temporal token), or normalized pixels
-    forward_loss    per-target LayerNorm + Linear head, MSE over masked tokens only
+    forward_loss    per-target LayerNorm + Linear head, MSE over masked tokens (+ optionally the visible)
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ class MaskFeat(nn.Module):
 
     def __init__(self, encoder: MViT, input_size: tuple[int, int, int], *, mask_ratio: float = 0.4,
                  mask_mode: str = "cube", mask_unit: tuple[int, int, int] = (1, 8, 8),
-                 targets: tuple[str, ...] = ("hog",), hog_nbins: int = 9, hog_cell: int = 8):
+                 targets: tuple[str, ...] = ("hog",), hog_nbins: int = 9, hog_cell: int = 8,
+                 visible_weight: float = 0.0):
         super().__init__()
         if encoder.mask_token is None:
             raise ValueError("MaskFeat needs the encoder's pretraining form (create_model(..., pretraining=True))")
@@ -54,6 +55,7 @@ class MaskFeat(nn.Module):
         T, H, W = self.input_size
         t, h, w = self.token_grid
         dims = {"hog": 3 * hog_nbins * (H // hog_cell // h) * (W // hog_cell // w), "pixel": 3 * (H // h) * (W // w)}
+        self.visible_weight = visible_weight
         D = encoder.num_features
         self.heads = nn.ModuleDict({k: nn.Sequential(nn.LayerNorm(D, eps=1e-6), nn.Linear(D, dims[k]))
                                     for k in targets})
@@ -86,20 +88,49 @@ class MaskFeat(nn.Module):
         return out
 
     def forward_loss(self, tokens: torch.Tensor, targets: dict, units: torch.Tensor):
-        """MSE over masked tokens and all target values, per target; the loss is their sum."""
+        """MSE over masked tokens and all target values, per target; the loss is their sum, plus
+        visible_weight x the same MSE over the visible tokens (0, the reference: masked only).
+        -> (loss, {target: masked-token MSE})."""
         masked = upsample_mask(units, self.token_grid).flatten(1)  # (B, t·h·w)
-        losses = {}
+        losses, total = {}, 0.0
         for name, target in targets.items():
-            pred = self.heads[name](tokens[masked]).float()  # (M, C)
-            losses[name] = F.mse_loss(pred, target[masked])
-        return sum(losses.values()), losses
+            if self.visible_weight:
+                err = (self.heads[name](tokens).float() - target).pow(2).mean(-1)  # (B, t·h·w)
+                losses[name] = err[masked].mean()
+                total = total + losses[name] + self.visible_weight * err[~masked].mean()
+            else:
+                pred = self.heads[name](tokens[masked]).float()  # (M, C)
+                losses[name] = F.mse_loss(pred, target[masked])
+                total = total + losses[name]
+        return total, losses
+
+    @staticmethod
+    @torch.no_grad()
+    def trivial_losses(target: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The losses of two predictors that need no learning, on the same masked tokens; a
+        model that does not beat both has learned nothing about context.
+
+        target (B, N, C), masked (B, N) bool ->
+            mean:    every token predicted as the batch's mean target vector
+            visible: every masked token predicted as the mean target of its clip's visible tokens
+        """
+        m = masked[..., None].float()
+        mean = target.mean((0, 1))
+        seen = (target * (1 - m)).sum(1, keepdim=True) / (1 - m).sum(1, keepdim=True).clamp(min=1)  # (B, 1, C)
+        per_token = lambda err: (err.mean(-1) * masked).sum() / masked.sum().clamp(min=1)  # noqa: E731
+        return {"mean": per_token((target - mean) ** 2), "visible": per_token((target - seen) ** 2)}
 
     def forward(self, batch: dict):
         video = batch["video"]
         units = self.make_masks(video.shape[0], video.device)
         tokens = self.forward_encoder(video, units)
-        loss, parts = self.forward_loss(tokens, self.targets(video), units)
+        targets = self.targets(video)
+        loss, parts = self.forward_loss(tokens, targets, units)
         report = {f"loss_{k}": v.detach() for k, v in parts.items()}
+        masked = upsample_mask(units, self.token_grid).flatten(1)
+        for name, target in targets.items():  # what the loss must beat (train/trivial_*)
+            for kind, value in self.trivial_losses(target, masked).items():
+                report[f"trivial_{kind}_{name}"] = value
         report["mask_fraction"] = units.float().mean()
         return loss, report
 

@@ -134,9 +134,11 @@ class Shards:
     total: int  # videos in the training shards (0: unknown)
 
 
-def find_shards(train: str, val: str, demo_root: str, accelerator: Accelerator) -> Shards:
+def find_shards(train: str, val: str, demo_root: str, accelerator: Accelerator, demo_split: str = "train") -> Shards:
     """The given shard patterns, or the synthetic demo dataset (made once by the main process)
-    when `train` is empty; class names and counts come from the manifest next to the shards."""
+    when `train` is empty: its `demo_split` split ("pretrain": the large collection MaskFeat
+    reads without labels; "train": the few labelled videos finetuning gets) and its val split.
+    Class names and counts come from the manifest next to the shards."""
     from videodata import expand_urls
     from videodata.shards import manifest_for_urls
     if not train:
@@ -145,7 +147,7 @@ def find_shards(train: str, val: str, demo_root: str, accelerator: Accelerator) 
             ensure_demo_dataset(demo_root)
         accelerator.wait_for_everyone()
         urls = demo_urls(demo_root)
-        train, val = urls["train"], val or urls["val"]
+        train, val = urls[demo_split], val or urls["val"]
     manifest = manifest_for_urls(expand_urls(train)) or {}
     return Shards(train, val, list(manifest.get("classes", [])), int(manifest.get("total", 0)))
 
@@ -282,7 +284,7 @@ def param_checksum(model: torch.nn.Module) -> str:
 
 def _new_window() -> dict:
     """Running sums between two log lines."""
-    return dict(loss=0.0, n=0, wait=0.0, t0=time.perf_counter(), clips=0, skipped=0)
+    return dict(loss=0.0, n=0, wait=0.0, t0=time.perf_counter(), clips=0, skipped=0, report={})
 
 
 class Trainer:
@@ -354,6 +356,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             window["loss"] += loss.detach()  # a tensor: no host sync per step (GPU)
             window["n"] += 1
+            for k, v in report.items():  # averaged over the window like the loss
+                window["report"][k] = window["report"].get(k, 0.0) + v.detach().float()
             step_clips += batch["video"].shape[0]
             if not acc.sync_gradients:
                 continue
@@ -365,7 +369,7 @@ class Trainer:
             step = self.state.step
             bar.update(1)
             if step % cfg.log_every == 0 or step == end:
-                self._log(window, report, grad_norm, bar)
+                self._log(window, grad_norm, bar)
                 window = _new_window()
             if cfg.image_every and step % cfg.image_every == 0 and acc.is_main_process:
                 self._log_images(batch)
@@ -377,7 +381,7 @@ class Trainer:
         if cfg.audit:
             self._write_audit(seen)
 
-    def _log(self, window, report, grad_norm, bar):
+    def _log(self, window, grad_norm, bar):
         acc = self.acc
         elapsed = time.perf_counter() - window["t0"]
         mean_loss = torch.as_tensor(window["loss"], device=acc.device).float() / max(window["n"], 1)
@@ -396,10 +400,20 @@ class Trainer:
         }
         if grad_norm is not None:
             values["train/grad_norm"] = float(grad_norm)
-        values.update({f"train/{k}": float(v) for k, v in report.items() if k != "loss"})
-        acc.log(values, step=self.state.step)
+        report = {k: acc.reduce(torch.as_tensor(v, device=acc.device), "mean").item() / max(window["n"], 1)
+                  for k, v in window["report"].items()}
+        values.update({f"train/{k}": v for k, v in report.items() if k != "loss"})
+        self.log(values)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{values['train/lr']:.2e}",
                         clips_s=f"{values['train/clips_per_s']:.1f}", refresh=False)
+
+    def log(self, values: dict[str, float]) -> None:
+        """TensorBoard, plus one JSON line per call in output_dir/metrics.jsonl (main process)
+        for scripts that read a run's curves without TensorBoard."""
+        self.acc.log(values, step=self.state.step)
+        if self.acc.is_main_process:
+            with open(Path(self.cfg.output_dir) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.state.step, **values}) + "\n")
 
     def _write_audit(self, seen):
         out = Path(self.cfg.output_dir) / "audit"

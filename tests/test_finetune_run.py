@@ -65,6 +65,34 @@ def test_finetune_from_pretraining_export_then_multiview_test(data, tmp_path):
     assert (out / "export" / "model.safetensors").is_file()
 
 
+def test_compare_scratch_trains_the_random_init_baseline_once_and_prints_both(data, tmp_path):
+    torch.manual_seed(0)
+    export = tmp_path / "encoder.safetensors"
+    mvit.save_safetensors(tiny_encoder(pretraining=True), export)
+    out = tmp_path / "ft"
+    args = [*data_args(data), f"init={export}", f"train.output_dir={out}", "model.name=mvitv2_s_16x4_maskfeat",
+            ARCH, "train.steps=2", "train.warmup_steps=1", "val_every=0", "compare_scratch=true", *TINY]
+    r = run(args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "baseline: the same finetuning from random init" in r.stdout
+    scratch = json.loads((out / "scratch" / "init_report.json").read_text()) if (
+        out / "scratch" / "init_report.json").exists() else None
+    assert scratch is None  # the baseline loaded nothing
+    assert "init: none" in (out / "scratch" / "config.yaml").read_text()
+    rows = json.loads((out / "comparison.json").read_text())
+    assert list(rows) == [f"from {export}", "from random init"]
+    assert rows["from random init"]["top1"] == json.loads((out / "scratch" / "test_metrics.json").read_text())["top1"]
+    for row in rows.values():
+        assert set(row) == {"top1", "top5", "knn_top1", "linear_probe_top1"}
+    assert (out / "frozen_init" / "frozen_metrics.json").is_file() and (out / "frozen_random" / "frozen_metrics.json").is_file()
+    assert "from random init" in r.stdout.splitlines()[-1]  # the table ends the run
+    # a second run with the same recipe reuses the baseline; another recipe trains it again
+    r = run(args)
+    assert r.returncode == 0 and "baseline:" not in r.stdout, r.stderr[-3000:]
+    r = run([*args, "optim.lr=1e-3"])
+    assert r.returncode == 0 and "baseline:" in r.stdout, r.stderr[-3000:]
+
+
 def test_finetune_from_inflated_image_checkpoint(data, tmp_path):
     from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
     torch.manual_seed(0)

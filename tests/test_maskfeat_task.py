@@ -1,4 +1,4 @@
-"""The MaskFeat task: masking in the encoder, targets, loss over masked tokens only."""
+"""The MaskFeat task: masking in the encoder, targets, the loss (masked tokens, optionally the visible ones), trivial baselines."""
 import pytest
 import torch
 
@@ -69,7 +69,8 @@ def test_loss_decreases_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0], losses
-    assert set(report) == {"loss_hog", "loss_pixel", "mask_fraction"}
+    assert set(report) == {"loss_hog", "loss_pixel", "mask_fraction", "trivial_mean_hog", "trivial_visible_hog",
+                           "trivial_mean_pixel", "trivial_visible_pixel"}
 
 
 def test_mask_token_gets_gradient_and_masking_changes_the_encoding():
@@ -93,3 +94,41 @@ def test_needs_pretraining_form():
     enc = mvit.create_model("mvitv2_s_16x4_maskfeat", depths=(1, 1, 1, 1), embed_dim=16, input_size=SIZE)
     with pytest.raises(ValueError, match="pretraining form"):
         MaskFeat(enc, SIZE)
+
+
+def test_visible_weight_adds_the_visible_tokens_mse_and_reports_the_masked_one():
+    from pretrain.masking import upsample_mask
+    video = torch.randn(2, 3, *SIZE)
+    plain, both = task(), task(visible_weight=0.5)
+    units = plain.make_masks(2, "cpu")
+    masked = upsample_mask(units, plain.token_grid).flatten(1)
+    tokens = plain.forward_encoder(video, units)
+    targets = plain.targets(video)
+    err = (plain.heads["hog"](tokens) - targets["hog"]).pow(2).mean(-1)  # same weights: same seed
+    loss0, parts0 = plain.forward_loss(tokens, targets, units)
+    loss1, parts1 = both.forward_loss(tokens, targets, units)
+    torch.testing.assert_close(loss0, err[masked].mean())
+    torch.testing.assert_close(loss1, err[masked].mean() + 0.5 * err[~masked].mean())
+    torch.testing.assert_close(parts1["hog"], parts0["hog"])
+
+
+def test_trivial_losses_are_the_mean_and_visible_mean_predictors():
+    torch.manual_seed(1)
+    # clip 0: every token the same vector (the visible mean is exact); clip 1: noise
+    target = torch.cat([torch.rand(1, 1, 6).expand(1, 10, 6), torch.rand(1, 10, 6)])
+    masked = torch.zeros(2, 10, dtype=torch.bool)
+    masked[:, :4] = True
+    out = MaskFeat.trivial_losses(target, masked)
+    mean = target.mean((0, 1))
+    by_hand = ((target - mean) ** 2).mean(-1)[masked].mean()
+    torch.testing.assert_close(out["mean"], by_hand)
+    seen1 = target[1, 4:].mean(0)
+    torch.testing.assert_close(out["visible"], ((target[1, :4] - seen1) ** 2).mean(-1).sum() / 8)
+    assert out["visible"] < out["mean"]
+
+
+def test_forward_reports_the_trivial_losses_of_its_batch():
+    t = task()
+    _, report = t({"video": torch.randn(2, 3, *SIZE)})
+    assert {"loss_hog", "trivial_mean_hog", "trivial_visible_hog", "mask_fraction"} <= set(report)
+    assert report["trivial_mean_hog"] > 0

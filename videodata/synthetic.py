@@ -30,6 +30,7 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
 LABELS = tuple(f"{s}_{d}" for s in SHAPES for d in DIRECTIONS)
 MARK_STEP, MARK_OFFSET, MARK_MAX_FRAMES = 16, 8, 256
+BACKGROUNDS = ("texture", "plain", "stripes")
 
 
 def frame_marker(index: int) -> tuple[int, int, int]:
@@ -54,6 +55,17 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.clip(tex + rng.uniform(80, 170, size=3), 0, 255)
 
 
+def _grating(rng: np.random.Generator, height: int, width: int, angle: float) -> np.ndarray:
+    """A sinusoidal grating of two random colours, (H, W, 3) float: strong gradients in every
+    8x8 cell along one orientation (HOG sees the angle, not codec noise)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    period = rng.uniform(10, 16)
+    wave = 0.5 + 0.5 * np.sin(2 * np.pi / period * (xx * np.cos(angle) + yy * np.sin(angle)) + rng.uniform(0, 6.3))
+    a, b = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+    b = np.where(np.abs(a - b).max() < 100, 255 - a, b)  # enough contrast in some channel
+    return a + wave[..., None] * (b - a)
+
+
 def _shape_mask(shape: str, size: int) -> np.ndarray:
     """(size, size) bool mask of the shape."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
@@ -67,15 +79,44 @@ def _shape_mask(shape: str, size: int) -> np.ndarray:
 
 
 def synthetic_frames(label: str, *, frames: int, size: tuple[int, int], seed: int,
-                     mark_frames: bool = False, noise: float = 0.0):
-    """Yield the frames of one video of class `label`, each (H, W, 3) uint8."""
+                     mark_frames: bool = False, noise: float = 0.0, background: str = "texture"):
+    """Yield the frames of one video of class `label`, each (H, W, 3) uint8.
+
+    background: "texture" (gratings and blobs, panning), "plain" (one flat colour per
+    video, still camera; the shape is larger and contrasts with it) or "stripes" (still
+    camera; two gratings of different orientations split by a line, behind a larger shape
+    filled with a grating of its own).
+    """
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
     shape, direction = label.split("_")
     height, width = size
     rng = np.random.default_rng(seed)
-    background = None if mark_frames else _texture(rng, height, width)
-    side = max(4, int(min(height, width) * rng.uniform(0.2, 0.3)))
+    still = background in ("plain", "stripes")
+    fill = None
+    if mark_frames:
+        scene = None
+    elif background == "plain":
+        scene = np.empty((height, width, 3), np.float32)
+        scene[:] = rng.uniform(20, 235, size=3)
+    elif background == "stripes":
+        # two gratings of different orientations split by a random line: the HOG of a hidden
+        # region is told by its neighbours, not by the clip's average
+        angle = rng.uniform(0, np.pi)
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        cut = rng.uniform(0, np.pi)
+        side_a = ((xx - width * rng.uniform(0.3, 0.7)) * np.cos(cut) + (yy - height * rng.uniform(0.3, 0.7))
+                  * np.sin(cut)) > 0
+        scene = np.where(side_a[..., None], _grating(rng, height, width, angle),
+                         _grating(rng, height, width, angle + rng.uniform(np.pi / 3, 2 * np.pi / 3)))
+        fill = _grating(rng, height, width, angle + rng.uniform(np.pi / 4, 3 * np.pi / 4))
+    else:
+        scene = _texture(rng, height, width)
+    side = max(4, int(min(height, width) * (rng.uniform(0.3, 0.4) if still else rng.uniform(0.2, 0.3))))
     mask = _shape_mask(shape, side)
     colour = rng.uniform(0, 255, size=3).astype(np.float32)
+    if background == "plain":  # contrast: the shape is at least 100 grey levels away from the background
+        colour = np.where(np.abs(colour - scene[0, 0]) < 100, (scene[0, 0] + 128) % 256, colour).astype(np.float32)
     # The shape travels from one edge region to the opposite one over the clip.
     travel_x, travel_y = width - side, height - side
     fixed = rng.uniform(0.2, 0.8)
@@ -89,18 +130,20 @@ def synthetic_frames(label: str, *, frames: int, size: tuple[int, int], seed: in
             frame[:] = frame_marker(t)
         else:
             # The camera pans slowly so that the background is not static either.
-            frame = np.roll(background, t, axis=1).copy()
+            frame = scene.copy() if still else np.roll(scene, t, axis=1)
             if noise > 0:
                 frame += rng.normal(0, noise, size=frame.shape).astype(np.float32)
         patch = frame[y:y + side, x:x + side]
-        patch[mask[:patch.shape[0], :patch.shape[1]]] = colour
+        inside = mask[:patch.shape[0], :patch.shape[1]]
+        # a striped shape carries its grating with it (the texture moves with the object)
+        patch[inside] = colour if fill is None else fill[:patch.shape[0], :patch.shape[1]][inside]
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
 def write_synthetic_videos(root, num_videos: int, *, frames: int = 48, size: tuple[int, int] = (128, 160),
                            fps: float = 24, seed: int = 0, mark_frames: bool = False, noise: float = 0.0,
                            gop: int | None = 12, crf: int = 23, preset: str = "veryfast",
-                           labels=LABELS, frames_per_video=None) -> list[tuple[str, str]]:
+                           labels=LABELS, frames_per_video=None, background: str = "texture") -> list[tuple[str, str]]:
     """Write `num_videos` mp4 files as root/<label>/<id>.mp4; returns [(path, label), ...].
 
     Video i has class labels[i % len(labels)], so classes are balanced. frames_per_video
@@ -118,7 +161,7 @@ def write_synthetic_videos(root, num_videos: int, *, frames: int = 48, size: tup
         tmp = path.with_name(path.name + ".tmp")
         with Mp4Writer(str(tmp), width=size[1], height=size[0], fps=fps, gop=gop, crf=crf, preset=preset) as w:
             for frame in synthetic_frames(label, frames=n, size=size, seed=seed * 100003 + i,
-                                          mark_frames=mark_frames, noise=noise):
+                                          mark_frames=mark_frames, noise=noise, background=background):
                 w.write(frame)
         os.replace(tmp, path)
         out.append((str(path), label))

@@ -1,0 +1,567 @@
+"""Runs the demo comparison over several seeds and writes it up (docs/demo and the README).
+
+Per seed: MaskFeat pretraining, then finetuning from its export and from random init; the
+means and spreads over seeds, the curves and the predictions go into the report.
+
+    python scripts/demo_report.py                            # seeds 0 1 2 (about an hour on 2 CPU cores)
+    python scripts/demo_report.py --seeds 0 --pretrain-args "train.steps=60" --finetune-args "train.steps=60"
+    python scripts/demo_report.py --skip-runs                # only rewrite the report from runs/demo-report
+
+Per seed S the real entry points run from the repository root (`accelerate launch`, or python
+when the command is missing), each a separate process with the caller's environment (as a user
+runs it: `accelerate launch` picks the CPU threads unless OMP_NUM_THREADS is set):
+    pretrain/run.py train.seed=S train.output_dir=OUT/seedS/pretrain train.progress=false ...
+    finetune/run.py init=OUT/seedS/pretrain/export/encoder.safetensors train.seed=S
+                    train.output_dir=OUT/seedS/finetune train.progress=false ...
+(the finetune demo also runs the random-init baseline and the frozen kNN / linear probe, and
+writes comparison.json). A seed folder that exists already is an error unless --skip-runs.
+
+The report adds one check of its own: MaskFeat's HOG loss on the masked tokens of the demo's
+val clips (never seen in pretraining), next to two predictors that learn nothing
+(MaskFeat.trivial_losses): a model that does not beat them has learned nothing about context.
+Errors are one line and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python scripts/demo_report.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from PIL import Image, ImageColor, ImageDraw, ImageFont  # noqa: E402
+
+from pretrain.masking import upsample_mask  # noqa: E402
+from pretrain.runtime import RunError, entry_point  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- demo-report:start -->", "<!-- demo-report:end -->"
+FINETUNE_KEYS = ("top1", "top5", "knn_top1", "linear_probe_top1")
+# the report's rows: (key in summary.json, label, kind); kind picks the format in `fmt`
+ROWS = [
+    ("heldout_masked", "held-out masked HOG loss: MaskFeat", "loss"),
+    ("heldout_trivial_mean", "held-out masked HOG loss: batch-mean HOG (trivial)", "loss"),
+    ("heldout_trivial_visible", "held-out masked HOG loss: mean of the clip's visible tokens (trivial)", "loss"),
+    ("ratio_trivial_mean", "MaskFeat / batch-mean loss (< 1: MaskFeat better)", "ratio"),
+    ("ratio_trivial_visible", "MaskFeat / visible-mean loss (< 1: MaskFeat better)", "ratio"),
+    ("maskfeat_top1", "finetune top-1 ({views} views): from MaskFeat", "pct"),
+    ("random_top1", "finetune top-1 ({views} views): from random init", "pct"),
+    ("maskfeat_top5", "finetune top-5: from MaskFeat", "pct"),
+    ("random_top5", "finetune top-5: from random init", "pct"),
+    ("maskfeat_knn_top1", "frozen kNN top-1: MaskFeat encoder", "pct"),
+    ("random_knn_top1", "frozen kNN top-1: random-init encoder", "pct"),
+    ("maskfeat_linear_probe_top1", "frozen linear-probe top-1: MaskFeat encoder", "pct"),
+    ("random_linear_probe_top1", "frozen linear-probe top-1: random-init encoder", "pct"),
+    ("pretrain_seconds", "wall time: pretraining", "s"),
+    ("finetune_seconds", "wall time: finetuning (both inits, frozen evals)", "s"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__[__doc__.index("\n"):],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default="runs/demo-report", help="run folders OUT/seedS/{pretrain,finetune}")
+    p.add_argument("--docs", default="docs/demo", help="report.md, curves.png, predictions.png, summary.json")
+    readme = p.add_mutually_exclusive_group()
+    readme.add_argument("--readme", default="README.md", help=f"its text between {START} and {END} is replaced")
+    readme.add_argument("--no-readme", action="store_true")
+    p.add_argument("--pretrain-args", default="", help='more overrides for pretrain/run.py, e.g. "train.steps=60"')
+    p.add_argument("--finetune-args", default="", help="more overrides for finetune/run.py")
+    p.add_argument("--skip-runs", action="store_true", help="only read the existing run folders")
+    return p
+
+
+# ----------------------------------------------------------------------------- running the stages
+
+
+def stage_commands(seed: int, out: Path, pretrain_args: list[str], finetune_args: list[str]) -> dict[str, list[str]]:
+    """{stage: entry point and its arguments} of one seed (without the launcher)."""
+    run = out / f"seed{seed}"
+    return {
+        "pretrain": ["pretrain/run.py", f"train.seed={seed}", f"train.output_dir={run / 'pretrain'}",
+                     "train.progress=false", *pretrain_args],
+        "finetune": ["finetune/run.py", f"init={run / 'pretrain' / 'export' / 'encoder.safetensors'}",
+                     f"train.seed={seed}", f"train.output_dir={run / 'finetune'}", "train.progress=false",
+                     *finetune_args],
+    }
+
+
+def launcher() -> list[str]:
+    # one process: the global batch, hence the recipe, stays the same whatever accelerate config exists
+    if shutil.which("accelerate"):
+        return ["accelerate", "launch", "--quiet", "--num_processes", "1"]  # --quiet: the child's error is last
+    return [sys.executable]
+
+
+def run_stage(stage: str, seed: int, argv: list[str], env: dict[str, str]) -> float:
+    """Run one command from the repository root, its output passed through; -> wall seconds.
+    A failure raises RunError with the stage, the seed and the last line written to stderr."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    last = ""
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        last = line.strip() or last
+    code = proc.wait()
+    if code != 0:
+        raise RunError(f"{stage} of seed {seed} failed (exit code {code}): {last or 'nothing on stderr'}")
+    return time.perf_counter() - t0
+
+
+def describe_environment(threads: str, pretrain_args: list[str], finetune_args: list[str]) -> dict:
+    """What the numbers were measured with (the header line of the report)."""
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain"):
+        commit += " + local changes"
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return {"date": datetime.date.today().isoformat(), "commit": commit, "torch": torch.__version__,
+            "cpus": os.cpu_count(), "threads": threads, "device": device,
+            "launcher": "accelerate launch" if launcher()[0] == "accelerate" else "python",
+            "pretrain_args": pretrain_args, "finetune_args": finetune_args}
+
+
+def run_all(seeds: list[int], out: Path, pretrain_args: list[str], finetune_args: list[str]) -> None:
+    """Both stages for every seed; their wall times go to OUT/seedS/seconds.json."""
+    taken = [out / f"seed{s}" for s in seeds if (out / f"seed{s}").exists()]
+    if taken:
+        raise RunError(f"{taken[0]} exists: report on it with --skip-runs, or remove it to run again")
+    # as a user runs the demo: `accelerate launch` picks the CPU threads unless the caller set them
+    threads = os.environ.get("OMP_NUM_THREADS") or "accelerate launch's choice"
+    env = dict(os.environ)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "environment.json").write_text(json.dumps(describe_environment(threads, pretrain_args, finetune_args),
+                                                     indent=2))
+    for seed in seeds:
+        seconds = {}
+        for stage, argv in stage_commands(seed, out, pretrain_args, finetune_args).items():
+            print(f"seed {seed}: {stage}: {shlex.join(argv)}", flush=True)
+            seconds[stage] = run_stage(stage, seed, [*launcher(), *argv], env)
+            print(f"seed {seed}: {stage} done in {seconds[stage]:.0f} s", flush=True)
+            (out / f"seed{seed}").mkdir(exist_ok=True)
+            (out / f"seed{seed}" / "seconds.json").write_text(json.dumps(seconds))
+
+
+# ----------------------------------------------------------------------------- reading the runs
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_seed(run: Path) -> dict:
+    """The files one seed's runs left -> {"pretrain", "finetune", "scratch": metrics lines,
+    "comparison": comparison.json, "seconds": {stage: s} (empty if not timed), "views": "KxS"}."""
+    files = {"pretrain": run / "pretrain" / "metrics.jsonl", "finetune": run / "finetune" / "metrics.jsonl",
+             "scratch": run / "finetune" / "scratch" / "metrics.jsonl",
+             "comparison": run / "finetune" / "comparison.json"}
+    missing = [p for p in files.values() if not p.is_file()]
+    if missing:
+        raise RunError(f"no {missing[0]} (did the runs finish? without --skip-runs they are made)")
+    record = {k: read_jsonl(p) for k, p in files.items() if p.suffix == ".jsonl"}
+    record["comparison"] = json.loads(files["comparison"].read_text())
+    seconds, test = run / "seconds.json", run / "finetune" / "test_metrics.json"
+    record["seconds"] = json.loads(seconds.read_text()) if seconds.is_file() else {}
+    record["views"] = json.loads(test.read_text()).get("views", "multi") if test.is_file() else "multi"
+    return record
+
+
+def seed_numbers(comparison: dict, heldout: dict, seconds: dict) -> dict[str, float | None]:
+    """One seed's row of numbers (keys of ROWS). comparison: comparison.json, whose keys are
+    "from <init>" (MaskFeat) and "from random init"; heldout: `heldout_losses`."""
+    rows = dict(comparison)
+    random = rows.pop("from random init", None)
+    if random is None or len(rows) != 1:
+        raise RunError(f"comparison.json: expected 'from <init>' and 'from random init', got {list(comparison)}")
+    (init,) = rows.values()
+    numbers = {"heldout_masked": heldout["masked"], "heldout_trivial_mean": heldout["trivial_mean"],
+               "heldout_trivial_visible": heldout["trivial_visible"],
+               "ratio_trivial_mean": heldout["masked"] / heldout["trivial_mean"],
+               "ratio_trivial_visible": heldout["masked"] / heldout["trivial_visible"]}
+    for name, row in (("maskfeat", init), ("random", random)):
+        numbers.update({f"{name}_{k}": row[k] for k in FINETUNE_KEYS})
+    numbers.update(pretrain_seconds=seconds.get("pretrain"), finetune_seconds=seconds.get("finetune"))
+    return numbers
+
+
+def summarize(per_seed: dict[int, dict]) -> dict:
+    """{seed: numbers} -> {"seeds", "per_seed", "mean", "std"}: std is the sample standard
+    deviation over seeds (n - 1; None for one seed); a value missing in any seed has no mean."""
+    mean, std = {}, {}
+    for key in next(iter(per_seed.values())):
+        values = [numbers[key] for numbers in per_seed.values()]
+        complete = None not in values
+        mean[key] = statistics.fmean(values) if complete else None
+        std[key] = statistics.stdev(values) if complete and len(values) > 1 else None
+    return {"seeds": list(per_seed), "per_seed": {str(s): n for s, n in per_seed.items()}, "mean": mean, "std": std}
+
+
+# ----------------------------------------------------------------------------- held-out check
+
+
+@torch.no_grad()
+def heldout_losses(task, videos) -> dict[str, float]:
+    """MaskFeat's HOG loss on the masked tokens of held-out clips, and the trivial predictors'
+    (MaskFeat.trivial_losses) on the same tokens; masks from torch.manual_seed(0).
+    videos: an iterable of (B, 3, T, H, W) batches. Each is a mean over all masked tokens
+    (a batch weighs by its masked-token count), so the batch size does not matter."""
+    torch.manual_seed(0)
+    sums, count = {"masked": 0.0, "trivial_mean": 0.0, "trivial_visible": 0.0}, 0
+    for video in videos:
+        units = task.make_masks(video.shape[0], "cpu")
+        masked = upsample_mask(units, task.token_grid).flatten(1)  # (B, N) over the output tokens
+        target = task.targets(video)["hog"]  # (B, N, C)
+        pred = task.heads["hog"](task.forward_encoder(video, units)).float()  # (B, N, C)
+        n = int(masked.sum())
+        sums["masked"] += float(((pred - target) ** 2).mean(-1)[masked].sum())
+        for kind, value in task.trivial_losses(target, masked).items():
+            sums[f"trivial_{kind}"] += float(value) * n
+        count += n
+    if not count:
+        raise RunError("the held-out check saw no masked token (no val clips?)")
+    return {k: v / count for k, v in sums.items()}
+
+
+@functools.lru_cache(maxsize=2)
+def val_batches(demo_root: str, frames: int, stride: int, crop: int) -> list[dict]:
+    """The demo's val split as central single clips, in loader order (the same for every seed)."""
+    from videodata import build_eval_loader
+    from videodata.demo import demo_urls
+    return list(build_eval_loader(demo_urls(demo_root)["val"], frames=frames, stride=stride, crop=crop,
+                                  num_clips=1, num_crops=1, num_workers=0, batch_size=16))
+
+
+def pretrained_checks(pretrain_dir: Path, picture: bool) -> tuple[dict, Image.Image | None]:
+    """A pretraining run's held-out losses, and (picture=True) its predictions on 4 val clips."""
+    from pretrain.run import load_task
+    task, cfg = load_task(pretrain_dir)
+    d = cfg.data
+    batches = val_batches(str(ROOT / d.demo_root), d.frames, d.stride, d.crop)
+    losses = heldout_losses(task, [b["video"] for b in batches])
+    image = predictions_picture(task, batches[0]["video"][:4], batches[0]["video_id"][:4]) if picture else None
+    return losses, image
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def fmt(kind: str, mean: float | None, std: float | None = None) -> str:
+    """'12.5 ± 2.1 %' (pct, from fractions), '0.0581 ± 0.0012' (loss), '0.934' (ratio), '905 s'."""
+    if mean is None:
+        return "—"
+    scale, spec, unit = {"pct": (100, ".1f", " %"), "loss": (1, ".4f", ""), "ratio": (1, ".3f", ""),
+                         "s": (1, ".0f", " s")}[kind]
+    spread = f" ± {std * scale:{spec}}" if std is not None else ""
+    return f"{mean * scale:{spec}}{spread}{unit}"
+
+
+def report_markdown(summary: dict) -> str:
+    """The header line, the mean ± std table and the per-seed table (no title, no images)."""
+    env, seeds = summary["environment"], summary["seeds"]
+    args = " ".join(f"`{k}: {shlex.join(env[k])}`" for k in ("pretrain_args", "finetune_args") if env.get(k))
+    lines = [f"Measured {env['date']} at commit {env['commit']}; torch {env['torch']} on {env['device']}, "
+             f"{env['cpus']} CPUs, OMP_NUM_THREADS={env['threads']} in the runs; seeds "
+             f"{', '.join(map(str, seeds))}" + (f"; {args}" if args else "") + ".", "",
+             f"| | mean ± std over {len(seeds)} seed{'s' * (len(seeds) > 1)} |", "|---|---|"]
+    labels = [(key, label.format(views=summary.get("views", "multi")), kind) for key, label, kind in ROWS]
+    lines += [f"| {label} | {fmt(kind, summary['mean'][key], summary['std'][key])} |" for key, label, kind in labels]
+    lines += ["", "| | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(fmt(kind, summary["per_seed"][str(s)][key]) for s in seeds) + " |"
+              for key, label, kind in labels]
+    lines += ["", "Held-out: the demo's val clips, one central clip each, masks from torch.manual_seed(0); the trivial "
+              "predictors need no learning (every masked token predicted as the batch's mean HOG vector, or as "
+              "the mean HOG of its clip's visible tokens). Accuracies are on the val videos; std is the sample "
+              "standard deviation over seeds; finetuning time covers both finetuning runs and the frozen kNN / "
+              "linear probe."]
+    return "\n".join(lines) + "\n"
+
+
+def images_markdown(folder: str) -> str:
+    return (f"![training curves: MaskFeat loss vs trivial predictors; val top-1 from MaskFeat vs random init]"
+            f"({folder}/curves.png)\n\n![masked input, HOG target, HOG prediction on val clips]"
+            f"({folder}/predictions.png)\n")
+
+
+def replace_between_markers(text: str, content: str) -> str | None:
+    """text with what lies between START and END replaced by content (markers kept); None
+    when a marker is missing or they are out of order."""
+    start = text.find(START)
+    end = text.find(END, start + len(START)) if start >= 0 else -1
+    if end < 0:
+        return None
+    return f"{text[:start + len(START)]}\n{content.strip()}\n{text[end:]}"
+
+
+# ----------------------------------------------------------------------------- pictures (PIL only)
+
+try:
+    FONT = ImageFont.load_default(size=12)
+except TypeError:  # Pillow < 10.1: the fixed bitmap font
+    FONT = ImageFont.load_default()
+LINE = 15  # pixels per text line
+GRID, INK = (225, 225, 225), (0, 0, 0)
+COLORS = {"loss": "#1f77b4", "mean": "#ff7f0e", "visible": "#2ca02c", "maskfeat": "#1f77b4", "random": "#d62728"}
+
+
+@dataclass
+class Series:
+    xs: list[float]
+    ys: list[float]
+    color: str
+    width: int = 1
+    dashed: bool = False
+    label: str | None = None  # in the legend when set
+
+
+@dataclass
+class Axes:
+    """The data -> pixel map of a plot's frame (y grows upwards in data, downwards in pixels)."""
+    left: int
+    top: int
+    right: int
+    bottom: int
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+
+    def to_pixel(self, x: float, y: float) -> tuple[float, float]:
+        return (self.left + (x - self.x0) / (self.x1 - self.x0) * (self.right - self.left),
+                self.bottom - (y - self.y0) / (self.y1 - self.y0) * (self.bottom - self.top))
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About `count` ticks at 1, 2 or 5 x 10^k steps, the first <= lo and the last >= hi."""
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5 * (abs(lo) or 1), hi + 0.5 * (abs(hi) or 1)
+    raw = (hi - lo) / count
+    step = next(m * 10 ** math.floor(math.log10(raw)) for m in (1, 2, 5, 10)
+                if m * 10 ** math.floor(math.log10(raw)) >= raw * (1 - 1e-9))
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
+
+
+def tick_label(value: float, ticks: list[float]) -> str:
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1
+    return f"{value:.{max(0, -math.floor(math.log10(step) + 1e-9))}f}"
+
+
+def text_width(text: str) -> int:
+    return math.ceil(FONT.getlength(text))
+
+
+def draw_polyline(draw: ImageDraw.ImageDraw, points: list, color, width: int, dashed: bool) -> None:
+    """A polyline, or dashes of 7 px with 5 px gaps that run on across its vertices."""
+    if not dashed:
+        draw.line(points, fill=color, width=width, joint="curve")
+        return
+    dash, period, travelled = 7.0, 12.0, 0.0
+    for (xa, ya), (xb, yb) in zip(points, points[1:]):
+        length, t = math.hypot(xb - xa, yb - ya), 0.0
+        at = lambda s: (xa + (xb - xa) * s / length, ya + (yb - ya) * s / length)  # noqa: E731
+        while t < length:
+            phase = travelled % period
+            end = min(length, t + (dash - phase if phase < dash else period - phase))
+            if phase < dash:
+                draw.line([at(t), at(end)], fill=color, width=width)
+            travelled, t = travelled + end - t, end
+
+
+def legend_rows(entries: list[Series], width: int) -> list[list[tuple[Series, int]]]:
+    """Legend entries (a 24 px line sample, then the label) flowed into rows `width` wide."""
+    rows, x = [[]], 0
+    for s in entries:
+        w = 30 + text_width(s.label) + 16
+        if rows[-1] and x + w > width:
+            rows, x = rows + [[]], 0
+        rows[-1].append((s, x))
+        x += w
+    return rows if rows[0] else []
+
+
+def line_plot(series: list[Series], *, title: str, xlabel: str, ylabel: str,
+              size: tuple[int, int] = (520, 380)) -> tuple[Image.Image, Axes]:
+    """Lines on white: frame, grid, ticks with numbers, title, axis labels, a legend below."""
+    W, H = size
+    xs = [x for s in series for x in s.xs] or [0.0, 1.0]
+    ys = [y for s in series for y in s.ys] or [0.0, 1.0]
+    xt, yt = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
+    ylabels = [tick_label(v, yt) for v in yt]
+    left = 8 + LINE + 6 + max(map(text_width, ylabels)) + 6
+    legend = legend_rows([s for s in series if s.label], W - left - 16)
+    ax = Axes(left, 8 + LINE + 8, W - 16, H - 8 - len(legend) * LINE - 6 - 2 * LINE - 8, xt[0], xt[-1], yt[0], yt[-1])
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    for v in xt:
+        px = round(ax.to_pixel(v, 0)[0])
+        draw.line([(px, ax.top), (px, ax.bottom)], fill=GRID)
+        draw.line([(px, ax.bottom), (px, ax.bottom + 4)], fill=INK)
+        label = tick_label(v, xt)
+        draw.text((px - text_width(label) / 2, ax.bottom + 5), label, fill=INK, font=FONT)
+    for v, label in zip(yt, ylabels):
+        py = round(ax.to_pixel(0, v)[1])
+        draw.line([(ax.left, py), (ax.right, py)], fill=GRID)
+        draw.line([(ax.left - 4, py), (ax.left, py)], fill=INK)
+        draw.text((ax.left - 6 - text_width(label), py - LINE / 2), label, fill=INK, font=FONT)
+    draw.rectangle([ax.left, ax.top, ax.right, ax.bottom], outline=INK)
+    for s in sorted(series, key=lambda s: s.width):  # thin lines first: the thick ones stay visible
+        draw_polyline(draw, [ax.to_pixel(x, y) for x, y in zip(s.xs, s.ys)], s.color, s.width, s.dashed)
+    draw.text(((ax.left + ax.right - text_width(title)) / 2, 6), title, fill=INK, font=FONT)
+    draw.text(((ax.left + ax.right - text_width(xlabel)) / 2, ax.bottom + 5 + LINE), xlabel, fill=INK, font=FONT)
+    rotated = Image.new("RGB", (text_width(ylabel) + 2, LINE), "white")
+    ImageDraw.Draw(rotated).text((1, 0), ylabel, fill=INK, font=FONT)
+    rotated = rotated.rotate(90, expand=True)
+    img.paste(rotated, (8, round((ax.top + ax.bottom - rotated.height) / 2)))
+    for row, entries in enumerate(legend):
+        y = ax.bottom + 5 + 2 * LINE + 6 + row * LINE + LINE / 2
+        for s, x in entries:
+            draw_polyline(draw, [(ax.left + x, y), (ax.left + x + 24, y)], s.color, max(s.width, 2), s.dashed)
+            draw.text((ax.left + x + 30, y - LINE / 2), s.label, fill=INK, font=FONT)
+    return img, ax
+
+
+def curve(log: list[dict], key: str, scale: float = 1.0) -> tuple[list, list]:
+    """(steps, values) of the metrics lines that have `key`."""
+    rows = [r for r in log if key in r]
+    return [r["step"] for r in rows], [r[key] * scale for r in rows]
+
+
+def mean_curve(curves: list[tuple[list, list]]) -> tuple[list, list]:
+    """The mean over curves at the steps all of them have."""
+    steps = sorted(set.intersection(*(set(xs) for xs, _ in curves)))
+    tables = [dict(zip(xs, ys)) for xs, ys in curves]
+    return steps, [statistics.fmean(t[s] for t in tables) for s in steps]
+
+
+def seeds_and_mean(curves: list[tuple[list, list]], color: str, label: str, dashed: bool = False) -> list[Series]:
+    """One thin, paler line per seed and their mean thick, in the legend (one seed: the line).
+    Seeds without the metric (e.g. val_every=0) are left out."""
+    curves = [c for c in curves if c[0]]
+    if not curves:
+        return []
+    pale = tuple(round(c + 0.55 * (255 - c)) for c in ImageColor.getrgb(color))
+    thin = [Series(xs, ys, pale, 1, dashed) for xs, ys in curves] if len(curves) > 1 else []
+    return thin + [Series(*mean_curve(curves), color, 3, dashed, label)]
+
+
+def curves_figure(runs: list[dict]) -> Image.Image:
+    """Two panels: MaskFeat's train loss vs the trivial predictors' (dashed), and single-view val
+    top-1 while finetuning from MaskFeat vs from random init. runs: `read_seed` records."""
+    def panel(spec, **labels):
+        series = []
+        for run, key, scale, color, label, dashed in spec:
+            series += seeds_and_mean([curve(r[run], key, scale) for r in runs], color, label, dashed)
+        return line_plot(series, **labels)[0]
+
+    left = panel([("pretrain", "train/loss_hog", 1, COLORS["loss"], "MaskFeat (masked tokens)", False),
+                  ("pretrain", "train/trivial_mean_hog", 1, COLORS["mean"], "trivial: batch-mean HOG", True),
+                  ("pretrain", "train/trivial_visible_hog", 1, COLORS["visible"], "trivial: visible-token mean",
+                   True)],
+                 title="pretraining: HOG loss on masked tokens (train batches)", xlabel="step", ylabel="MSE")
+    right = panel([("finetune", "val/top1", 100, COLORS["maskfeat"], "from MaskFeat", False),
+                   ("scratch", "val/top1", 100, COLORS["random"], "from random init", False)],
+                  title="finetuning: val top-1 (single view)", xlabel="step", ylabel="top-1 (%)")
+    fig = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
+    fig.paste(left, (0, 0))
+    fig.paste(right, (left.width, 0))
+    return fig
+
+
+def to_pil(img: torch.Tensor) -> Image.Image:
+    """(3, H, W) float in [0, 1] -> RGB image."""
+    return Image.fromarray((img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+@torch.no_grad()
+def predictions_picture(task, videos: torch.Tensor, ids: list[str]) -> Image.Image:
+    """A row per clip, [masked input | HOG target | HOG prediction] from task.images, under
+    column labels; each row headed by the clip's id. videos (n, 3, T, H, W); masks from seed 0."""
+    torch.manual_seed(0)
+    rows = []
+    for video in videos:
+        pics = task.images({"video": video[None]})
+        shown = to_pil(pics["mask/input"])
+        hog = to_pil(pics["hog/target_vs_prediction"])
+        hog = hog.resize((round(hog.width * shown.height / hog.height), shown.height), Image.NEAREST)
+        rows.append((shown, hog))
+    width = max(a.width + 4 + b.width for a, b in rows)
+    fig = Image.new("RGB", (width, LINE + 4 + sum(LINE + a.height + 4 for a, _ in rows)), "white")
+    draw = ImageDraw.Draw(fig)
+    a, b = rows[0]
+    for text, x, w in (("masked input", 0, a.width), ("HOG target", a.width + 4, b.width // 2),
+                       ("HOG prediction", a.width + 4 + b.width // 2, b.width - b.width // 2)):
+        draw.text((x + (w - text_width(text)) / 2, 2), text, fill=INK, font=FONT)
+    y = LINE + 4
+    for (shown, hog), clip in zip(rows, ids):
+        draw.text((2, y), str(clip), fill=(90, 90, 90), font=FONT)
+        fig.paste(shown, (0, y + LINE))
+        fig.paste(hog, (shown.width + 4, y + LINE))
+        y += LINE + shown.height + 4
+    return fig
+
+
+# ----------------------------------------------------------------------------- main
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out, docs = Path(args.out).resolve(), Path(args.docs).resolve()
+    pretrain_args, finetune_args = shlex.split(args.pretrain_args), shlex.split(args.finetune_args)
+    if not args.skip_runs:
+        run_all(args.seeds, out, pretrain_args, finetune_args)
+    runs = {s: read_seed(out / f"seed{s}") for s in args.seeds}
+
+    per_seed, picture = {}, None
+    for seed in args.seeds:
+        print(f"seed {seed}: held-out check of {out / f'seed{seed}' / 'pretrain'}", flush=True)
+        heldout, image = pretrained_checks(out / f"seed{seed}" / "pretrain", picture=picture is None)
+        picture = picture or image
+        per_seed[seed] = seed_numbers(runs[seed]["comparison"], heldout, runs[seed]["seconds"])
+    env_file = out / "environment.json"  # written when the runs started; else (runs made elsewhere) today's
+    environment = (json.loads(env_file.read_text()) if env_file.is_file() else
+                   describe_environment("unknown", pretrain_args, finetune_args))
+    init = next(k for k in runs[args.seeds[0]]["comparison"] if k != "from random init")
+    summary = {**summarize(per_seed), "views": runs[args.seeds[0]]["views"], "init": init,
+               "environment": environment}
+
+    docs.mkdir(parents=True, exist_ok=True)
+    body = report_markdown(summary)
+    (docs / "report.md").write_text(f"# MaskFeat demo: pretraining vs random init\n\n{body}\n{images_markdown('.')}")
+    curves_figure(list(runs.values())).save(docs / "curves.png")
+    picture.save(docs / "predictions.png")
+    (docs / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {docs / 'report.md'}, curves.png, predictions.png, summary.json")
+
+    if not args.no_readme:
+        readme = Path(args.readme).resolve()
+        folder = Path(os.path.relpath(docs, readme.parent)).as_posix()
+        text = readme.read_text() if readme.is_file() else None
+        updated = replace_between_markers(text, f"{body}\n{images_markdown(folder)}") if text is not None else None
+        if updated is None:
+            print(f"{readme}: {'no such file' if text is None else f'no {START} ... {END} markers'}; not updated")
+        else:
+            readme.write_text(updated)
+            print(f"updated the report in {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""scripts/demo_report.py without training: the summary (mean ± std over seeds), the markdown
+tables, the line plot and figures, the README block, the stage commands and their failure
+line, the held-out check against the training loss of a tiny MaskFeat, and main on fake runs."""
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageColor
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "demo_report.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("demo_report", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+report = load_script()
+INIT = "from runs/demo-report/seed0/pretrain/export/encoder.safetensors"
+# per seed: held-out losses (what pretrained_checks would measure), comparison.json, wall seconds
+HELDOUT = {0: {"masked": 0.05, "trivial_mean": 0.1, "trivial_visible": 0.0625},
+           1: {"masked": 0.06, "trivial_mean": 0.12, "trivial_visible": 0.1}}
+COMPARISON = {0: {INIT: {"top1": 0.5, "top5": 0.9, "knn_top1": 0.25, "linear_probe_top1": 0.375},
+                  "from random init": {"top1": 0.25, "top5": 0.75, "knn_top1": 0.125, "linear_probe_top1": 0.25}},
+              1: {INIT: {"top1": 0.6, "top5": 1.0, "knn_top1": 0.35, "linear_probe_top1": 0.375},
+                  "from random init": {"top1": 0.25, "top5": 0.65, "knn_top1": 0.125, "linear_probe_top1": 0.05}}}
+SECONDS = {0: {"pretrain": 100.0, "finetune": 50.0}, 1: {"pretrain": 120.0, "finetune": 54.0}}
+ENV = {"date": "2030-01-02", "commit": "abc1234 + local changes", "torch": "9.9", "cpus": 2, "threads": "2",
+       "device": "CPU", "launcher": "accelerate launch", "pretrain_args": ["train.steps=60"], "finetune_args": []}
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """OUT/seed0, OUT/seed1 as the two stages leave them (only the files the report reads)."""
+    out = tmp_path / "runs"
+    for seed in (0, 1):
+        run = out / f"seed{seed}"
+        write_jsonl(run / "pretrain" / "metrics.jsonl", [
+            {"step": s, "train/loss": 0.1 / s, "train/loss_hog": 0.1 / s + seed * 0.01, "train/trivial_mean_hog": 0.1,
+             "train/trivial_visible_hog": 0.08, "train/lr": 1e-3} for s in (10, 20, 30)])
+        for part, top1 in (("finetune", [0.2, 0.5]), ("finetune/scratch", [0.1, 0.2])):
+            write_jsonl(run / part / "metrics.jsonl", [
+                {"step": 10, "train/loss": 2.4, "train/acc": 0.1}, {"step": 20, "val/top1": top1[0]},
+                {"step": 20, "train/loss": 2.3, "train/acc": 0.2}, {"step": 40, "val/top1": top1[1]}])
+        (run / "finetune" / "comparison.json").write_text(json.dumps(COMPARISON[seed]))
+        (run / "finetune" / "test_metrics.json").write_text(json.dumps({"top1": 0.5, "views": "3x1"}))
+        (run / "seconds.json").write_text(json.dumps(SECONDS[seed]))
+    return out
+
+
+def summary_of(runs_dir: Path) -> dict:
+    records = {s: report.read_seed(runs_dir / f"seed{s}") for s in (0, 1)}
+    per_seed = {s: report.seed_numbers(r["comparison"], HELDOUT[s], r["seconds"]) for s, r in records.items()}
+    return {**report.summarize(per_seed), "views": records[0]["views"], "environment": ENV}
+
+
+# ----------------------------------------------------------------------------- numbers and tables
+
+
+def test_summary_mean_and_sample_std_per_quantity(runs):
+    s = summary_of(runs)
+    assert s["seeds"] == [0, 1]
+    root2 = 2 ** 0.5  # sample std of two values a, b: |a - b| / sqrt(2)
+    by_hand = {  # key: (mean, std)
+        "heldout_masked": (0.055, 0.01 / root2), "heldout_trivial_mean": (0.11, 0.02 / root2),
+        "heldout_trivial_visible": (0.08125, 0.0375 / root2),
+        "ratio_trivial_mean": (0.5, 0.0), "ratio_trivial_visible": (0.7, 0.2 / root2),  # 0.05/0.0625, 0.06/0.1
+        "maskfeat_top1": (0.55, 0.1 / root2), "random_top1": (0.25, 0.0),
+        "maskfeat_top5": (0.95, 0.1 / root2), "random_top5": (0.7, 0.1 / root2),
+        "maskfeat_knn_top1": (0.3, 0.1 / root2), "random_knn_top1": (0.125, 0.0),
+        "maskfeat_linear_probe_top1": (0.375, 0.0), "random_linear_probe_top1": (0.15, 0.2 / root2),
+        "pretrain_seconds": (110.0, 20 / root2), "finetune_seconds": (52.0, 4 / root2)}
+    assert set(s["mean"]) == set(by_hand) == {key for key, _, _ in report.ROWS}
+    for key, (mean, std) in by_hand.items():
+        assert s["mean"][key] == pytest.approx(mean, abs=1e-12), key
+        assert s["std"][key] == pytest.approx(std, abs=1e-12), key
+    assert s["per_seed"]["1"]["maskfeat_top1"] == 0.6 and s["per_seed"]["0"]["random_linear_probe_top1"] == 0.25
+
+
+def test_summary_of_one_seed_and_of_missing_times():
+    numbers = report.seed_numbers(COMPARISON[0], HELDOUT[0], {})
+    one = report.summarize({0: numbers})
+    assert one["mean"]["maskfeat_top1"] == 0.5 and one["std"]["maskfeat_top1"] is None  # no spread from one seed
+    assert one["mean"]["pretrain_seconds"] is None  # not timed (--skip-runs on runs made elsewhere)
+    two = report.summarize({0: numbers, 1: report.seed_numbers(COMPARISON[1], HELDOUT[1], SECONDS[1])})
+    assert two["mean"]["finetune_seconds"] is None and two["mean"]["maskfeat_top1"] == pytest.approx(0.55)
+
+
+def test_comparison_without_the_baseline_is_an_error():
+    with pytest.raises(report.RunError, match="from random init"):
+        report.seed_numbers({INIT: COMPARISON[0][INIT]}, HELDOUT[0], {})
+
+
+def test_markdown_tables_hold_mean_std_and_per_seed_values(runs):
+    text = report.report_markdown(summary_of(runs))
+    lines = text.splitlines()
+    assert lines[0].startswith("Measured 2030-01-02 at commit abc1234 + local changes; torch 9.9 on CPU, 2 CPUs, "
+                               "OMP_NUM_THREADS=2")
+    assert "`pretrain_args: train.steps=60`" in lines[0] and "finetune_args" not in lines[0]
+
+    def rows(label):  # the label's line in the mean ± std table, then in the per-seed table
+        found = [line for line in lines if line.startswith(f"| {label} |")]
+        assert len(found) == 2, label
+        return found
+
+    assert rows("finetune top-1 (3x1 views): from MaskFeat") == [
+        "| finetune top-1 (3x1 views): from MaskFeat | 55.0 ± 7.1 % |",
+        "| finetune top-1 (3x1 views): from MaskFeat | 50.0 % | 60.0 % |"]
+    assert rows("frozen linear-probe top-1: random-init encoder")[0].endswith("| 15.0 ± 14.1 % |")
+    assert rows("held-out masked HOG loss: MaskFeat") == ["| held-out masked HOG loss: MaskFeat | 0.0550 ± 0.0071 |",
+                                                          "| held-out masked HOG loss: MaskFeat | 0.0500 | 0.0600 |"]
+    assert rows("MaskFeat / visible-mean loss (< 1: MaskFeat better)")[0].endswith("| 0.700 ± 0.141 |")
+    assert rows("wall time: pretraining") == ["| wall time: pretraining | 110 ± 14 s |",
+                                              "| wall time: pretraining | 100 s | 120 s |"]
+    assert "| | mean ± std over 2 seeds |" in lines and "| | seed 0 | seed 1 |" in lines
+
+
+def test_fmt_units_and_missing_values():
+    assert report.fmt("pct", 0.125, 0.0204) == "12.5 ± 2.0 %"
+    assert report.fmt("pct", 0.125) == "12.5 %"
+    assert report.fmt("s", 905.4, 12.6) == "905 ± 13 s"
+    assert report.fmt("loss", None, 0.1) == "—"
+
+
+# ----------------------------------------------------------------------------- README block
+
+
+def test_readme_block_replaced_and_the_rest_kept():
+    before, after = "# Title\n\nintro\n", "\n## Next\nmore text\n"
+    text = f"{before}{report.START}\nold table\n![old](x.png)\n{report.END}{after}"
+    new = report.replace_between_markers(text, "| new | table |\n\n![curves](docs/demo/curves.png)\n")
+    assert new == f"{before}{report.START}\n| new | table |\n\n![curves](docs/demo/curves.png)\n{report.END}{after}"
+    assert report.replace_between_markers(new, "again") == f"{before}{report.START}\nagain\n{report.END}{after}"
+
+
+@pytest.mark.parametrize("text", ["no markers at all\n", f"only {report.START} here\n", f"only {report.END}\n",
+                                  f"{report.END} before {report.START}\n"])
+def test_readme_without_both_markers_in_order_is_left_alone(text):
+    assert report.replace_between_markers(text, "new") is None
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def pixels_of(img: Image.Image, color: str) -> list[tuple[int, int]]:
+    rgb, (w, h), data = ImageColor.getrgb(color), img.size, img.load()
+    return [(x, y) for y in range(h) for x in range(w) if data[x, y] == rgb]
+
+
+def test_nice_ticks_cover_the_range_in_round_steps():
+    assert report.nice_ticks(0, 1.2) == [0, 0.5, 1.0, 1.5]
+    assert report.nice_ticks(3, 47) == [0, 10, 20, 30, 40, 50]
+    assert report.nice_ticks(0.052, 0.061) == [0.052, 0.054, 0.056, 0.058, 0.06, 0.062]
+    assert report.nice_ticks(5, 5)[0] < 5 < report.nice_ticks(5, 5)[-1]  # a flat line gets a range
+    assert [report.tick_label(v, [0, 0.002]) for v in (0.052, 0.06)] == ["0.052", "0.060"]
+
+
+def test_line_plot_draws_lines_where_the_data_says():
+    series = [report.Series([0, 10], [1.2, 1.2], "#ff0000", label="flat"),
+              report.Series([0, 10], [0, 1], "#0000ff", label="rising"),
+              report.Series([0, 10], [0.3, 0.3], "#00aa00", dashed=True, label="dashed")]
+    img, ax = report.line_plot(series, title="t", xlabel="step", ylabel="loss", size=(400, 300))
+    assert img.size == (400, 300) and len(img.getcolors(1 << 16)) > 4
+    assert 0 < ax.left < ax.right < 400 and 0 < ax.top < ax.bottom < 300
+    data = img.load()  # the frame is where the returned axes say: ticks span x 0..10, y 0..1.5
+    mid_x, mid_y = (ax.left + ax.right) // 2, (ax.top + ax.bottom) // 2
+    for xy in ((ax.left, mid_y), (ax.right, mid_y), (mid_x, ax.top), (mid_x, ax.bottom)):
+        assert data[xy] == (0, 0, 0), xy
+    height, width = ax.bottom - ax.top, ax.right - ax.left
+
+    inside = lambda pts: [(x, y) for x, y in pts if y < ax.bottom]  # noqa: E731 (legend samples lie below)
+    def one_row(pts, y):  # a horizontal line of width 1 at data y (0..1.5), to the pixel
+        rows = {row for _, row in pts}
+        return len(rows) == 1 and abs(rows.pop() - (ax.bottom - y / 1.5 * height)) <= 1
+
+    red = inside(pixels_of(img, "#ff0000"))
+    assert one_row(red, 1.2)
+    assert min(x for x, _ in red) == ax.left and max(x for x, _ in red) == ax.right  # x = 0..10: the full width
+    blue = inside(pixels_of(img, "#0000ff"))
+    at_middle = [y for x, y in blue if x == ax.left + width // 2]  # x = 5: y = 0.5
+    assert at_middle and abs(statistics.fmean(at_middle) - (ax.bottom - 0.5 / 1.5 * height)) <= 1.5
+    assert max(y for _, y in blue) >= ax.bottom - 1 and min(y for _, y in blue) <= ax.bottom - height / 1.5 + 1
+    green = inside(pixels_of(img, "#00aa00"))
+    assert one_row(green, 0.3)
+    assert 0.4 * width < len(green) < 0.8 * width  # dashes: gaps, but most of the way drawn
+    for color in ("#ff0000", "#0000ff", "#00aa00"):  # a legend sample of each, under the axis labels
+        assert any(y > ax.bottom + 20 for _, y in pixels_of(img, color)), color
+
+
+def test_mean_curve_at_common_steps():
+    steps, values = report.mean_curve([([10, 20, 30], [1.0, 2.0, 3.0]), ([20, 30, 40], [4.0, 6.0, 8.0])])
+    assert steps == [20, 30] and values == [3.0, 4.5]
+
+
+def test_curves_figure_panels_from_runs(runs):
+    records = [report.read_seed(runs / f"seed{s}") for s in (0, 1)]
+    assert report.curve(records[0]["finetune"], "val/top1", 100) == ([20, 40], [20.0, 50.0])
+    fig = report.curves_figure(records)
+    assert fig.size == (1040, 380)
+    left, right = fig.crop((0, 0, 520, 380)), fig.crop((520, 0, 1040, 380))
+    c = report.COLORS
+    for color in (c["loss"], c["mean"], c["visible"]):  # the thick mean lines of the pretraining panel
+        assert len(pixels_of(left, color)) > 100, color
+    assert len(pixels_of(right, c["maskfeat"])) > 100 and len(pixels_of(right, c["random"])) > 100
+    assert not pixels_of(left, c["random"]) and not pixels_of(right, c["mean"])
+    pale = tuple(round(v + 0.55 * (255 - v)) for v in ImageColor.getrgb(c["loss"]))  # the thin per-seed lines
+    assert {color: n for n, color in left.getcolors(1 << 16)}.get(pale, 0) > 50
+
+
+def test_curves_figure_without_validation_lines(runs):
+    records = [report.read_seed(runs / f"seed{s}") for s in (0, 1)]
+    for r in records:  # finetuned with val_every=0: no val/top1 anywhere
+        r["finetune"] = r["scratch"] = [line for line in r["finetune"] if "val/top1" not in line]
+    fig = report.curves_figure(records)
+    right = fig.crop((520, 0, 1040, 380))
+    assert fig.size == (1040, 380) and not pixels_of(right, report.COLORS["random"])
+    assert pixels_of(fig.crop((0, 0, 520, 380)), report.COLORS["loss"])
+
+
+# ----------------------------------------------------------------------------- the model checks
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    import mvit
+    from pretrain.maskfeat import MaskFeat
+    torch.manual_seed(0)
+    size = (4, 64, 64)
+    encoder = mvit.create_model("mvitv2_demo_8x2_maskfeat", pretraining=True, input_size=size)
+    return MaskFeat(encoder, size).eval()
+
+
+def test_heldout_losses_are_the_training_loss_and_trivials_weighted_by_masked_tokens(tiny_task):
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(3, 3, 4, 64, 64, generator=g), torch.randn(1, 3, 4, 64, 64, generator=g)]
+    got = report.heldout_losses(tiny_task, batches)
+    torch.manual_seed(0)  # the task's own forward with the same masks gives the per-batch values
+    with torch.no_grad():
+        reports = [tiny_task({"video": b})[1] for b in batches]
+    weights = [float(r["mask_fraction"]) * len(b) for r, b in zip(reports, batches)]  # masked tokens, up to N
+    for name, key in (("masked", "loss_hog"), ("trivial_mean", "trivial_mean_hog"),
+                      ("trivial_visible", "trivial_visible_hog")):
+        expected = sum(float(r[key]) * w for r, w in zip(reports, weights)) / sum(weights)
+        assert got[name] == pytest.approx(expected, rel=1e-5), name
+    assert report.heldout_losses(tiny_task, batches) == got  # seeded inside: the same masks every call
+
+
+def test_predictions_picture_layout_and_reproducible(tiny_task):
+    videos = torch.randn(2, 3, 4, 64, 64, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(123)
+    first = report.predictions_picture(tiny_task, videos, ["clip-a", "clip-b"])
+    torch.manual_seed(456)  # another global state: the picture must not depend on it
+    second = report.predictions_picture(tiny_task, videos, ["clip-a", "clip-b"])
+    # per clip: a label line, then [input 64 | target 64 | prediction 64] x 2 temporal tokens of 64 rows
+    assert first.size == (64 + 4 + 128, report.LINE + 4 + 2 * (report.LINE + 128 + 4))
+    assert first.tobytes() == second.tobytes()
+    y = report.LINE + 4 + report.LINE  # the first clip's pictures
+    hog = first.crop((68, y, 68 + 128, y + 128))
+    assert len(hog.getcolors(1 << 16)) > 10  # glyphs, not a blank
+
+
+# ----------------------------------------------------------------------------- running and main
+
+
+def test_stage_commands_of_a_seed(tmp_path):
+    cmds = report.stage_commands(3, tmp_path, ["train.steps=5"], ["train.steps=7", "val_every=0"])
+    run = tmp_path / "seed3"
+    assert cmds["pretrain"] == ["pretrain/run.py", "train.seed=3", f"train.output_dir={run / 'pretrain'}",
+                                "train.progress=false", "train.steps=5"]
+    assert cmds["finetune"] == ["finetune/run.py", f"init={run / 'pretrain' / 'export' / 'encoder.safetensors'}",
+                                "train.seed=3", f"train.output_dir={run / 'finetune'}", "train.progress=false",
+                                "train.steps=7", "val_every=0"]
+
+
+def test_run_stage_failure_names_stage_seed_and_last_stderr_line(capsys):
+    code = "import sys; print('loading', file=sys.stderr); print('error: no shards', file=sys.stderr); " \
+           "print('', file=sys.stderr); sys.exit(2)"
+    with pytest.raises(report.RunError) as e:
+        report.run_stage("pretrain", 1, [sys.executable, "-c", code], {})
+    assert str(e.value) == "pretrain of seed 1 failed (exit code 2): error: no shards"
+    assert "loading" in capsys.readouterr().err  # the run's own output is passed through
+    assert report.run_stage("finetune", 0, [sys.executable, "-c", "pass"], {}) > 0
+
+
+def test_main_stops_at_the_first_failing_stage_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report, "launcher", lambda: [sys.executable, "-c", "import sys; sys.exit('error: broken')"])
+    code = report.main(["--out", str(tmp_path / "out"), "--docs", str(tmp_path / "docs"), "--no-readme"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.strip().splitlines()[-1] == "error: pretrain of seed 0 failed (exit code 1): error: broken"
+    assert "finetune" not in captured.out and "seed 1" not in captured.out and not (tmp_path / "docs").exists()
+    (tmp_path / "out" / "seed1").mkdir(parents=True)  # what a run leaves, even a failed one: not run over
+    assert report.main(["--out", str(tmp_path / "out"), "--no-readme"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {tmp_path / 'out' / 'seed1'} exists: report on it with --skip-runs, or remove " \
+                           "it to run again\n" and not captured.out
+
+
+def fake_checks(pretrain_dir, picture):
+    seed = int(pretrain_dir.parent.name.removeprefix("seed"))
+    return HELDOUT[seed], Image.new("RGB", (30, 20), "gray") if picture else None
+
+
+def test_main_skip_runs_writes_report_figures_summary_and_readme(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report, "pretrained_checks", fake_checks)
+    (runs / "environment.json").write_text(json.dumps(ENV))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\n## Demo\n{report.START}\nold\n{report.END}\n\n## Tests\n")
+    docs = tmp_path / "docs" / "demo"
+    assert report.main(["--seeds", "0", "1", "--out", str(runs), "--docs", str(docs), "--readme", str(readme),
+                        "--skip-runs"]) == 0
+    summary = json.loads((docs / "summary.json").read_text())
+    assert summary["mean"]["maskfeat_top1"] == pytest.approx(0.55) and summary["init"] == INIT
+    assert summary["environment"] == ENV
+    body = (docs / "report.md").read_text()
+    assert "| finetune top-1 (3x1 views): from MaskFeat | 55.0 ± 7.1 % |" in body
+    assert "](./curves.png)" in body and "](./predictions.png)" in body
+    assert Image.open(docs / "curves.png").size == (1040, 380)
+    assert Image.open(docs / "predictions.png").size == (30, 20)
+    text = readme.read_text()
+    assert text.startswith(f"# Project\n\n## Demo\n{report.START}\nMeasured 2030-01-02")
+    assert text.endswith(f"{report.END}\n\n## Tests\n") and "old" not in text
+    assert "](docs/demo/curves.png)" in text and "](docs/demo/predictions.png)" in text
+
+    readme.write_text("# Project without markers\n")
+    assert report.main(["--seeds", "0", "1", "--out", str(runs), "--docs", str(docs), "--readme", str(readme),
+                        "--skip-runs"]) == 0
+    assert readme.read_text() == "# Project without markers\n"
+    assert f"no {report.START} ... {report.END} markers; not updated" in capsys.readouterr().out
+
+
+def test_main_skip_runs_without_runs_is_one_line(tmp_path, capsys):
+    assert report.main(["--out", str(tmp_path / "none"), "--no-readme", "--skip-runs"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no ") and "seed0/pretrain/metrics.jsonl" in err and len(err.splitlines()) == 1
