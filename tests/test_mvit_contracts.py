@@ -202,3 +202,34 @@ def test_depthwise_pool_backward_matches_autograd_conv(stride):
     torch.testing.assert_close(gw, rw)
     small = (x[:1, :2, :, :8, :8].detach().requires_grad_(), w[:2].detach().requires_grad_())
     assert torch.autograd.gradcheck(lambda a, b: depthwise_conv(a, b, stride, (1, 1, 1)), small)
+
+
+def test_whole_model_gradients_equal_plain_autograd_convs(monkeypatch):
+    """The demo model's MaskFeat loss: every parameter's gradient with our custom pooling-conv
+    backward equals the one PyTorch's own conv backward gives (float64)."""
+    import torch.nn.functional as F
+
+    import mvit.model as model_module
+    from pretrain.maskfeat import MaskFeat
+
+    def grads():
+        torch.manual_seed(0)
+        enc = mvit.create_model("mvitv2_demo_8x2_maskfeat", pretraining=True).double()
+        task = MaskFeat(enc, (8, 96, 96), mask_unit=(1, 4, 4), visible_weight=1.0).double()
+        torch.manual_seed(1)
+        loss, _ = task({"video": torch.randn(2, 3, 8, 96, 96, dtype=torch.float64)})
+        loss.backward()
+        return {n: p.grad for n, p in task.named_parameters()}
+
+    ours = grads()
+    plain = lambda x, w, stride, padding: F.conv3d(x, w, None, stride, padding, groups=x.shape[1])  # noqa: E731
+    monkeypatch.setattr(model_module, "depthwise_conv", plain)
+    ref = grads()
+    assert ours.keys() == ref.keys()
+    for name, g in ref.items():
+        if g is None:
+            assert ours[name] is None, name
+            continue
+        # norm_k.bias: its true gradient is 0 (a constant shift of every key cancels in the softmax)
+        atol = 1e-9 if name.endswith("norm_k.bias") else 1e-10
+        torch.testing.assert_close(ours[name], g, rtol=1e-7, atol=atol, msg=name)
