@@ -142,3 +142,17 @@ def test_clips_longer_than_every_video_end_in_one_line(shards, tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: videodata: 1000 consecutive failures") and "clip needs 61" in last
     assert "Traceback" not in r.stderr and r.stderr.count("skipped") < 40
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*/k400_*.yaml")) +
+                         sorted((ROOT / "configs").glob("*/ssv2_*.yaml")), ids=lambda p: p.name)
+def test_recipes_count_in_epochs_not_the_demo_steps(recipe):
+    """The dataclass defaults are the demo's step counts; a recipe given in epochs must zero them,
+    or 300 epochs would silently become the demo's 1000 steps."""
+    from finetune.run import FinetuneConfig
+    from pretrain.config import parse_config
+    from pretrain.run import PretrainConfig
+    pretraining = recipe.parent.name == "pretrain"
+    required = ["data.train=x"] + ([] if pretraining else ["data.val=y", "init=z"])
+    cfg = parse_config(PretrainConfig if pretraining else FinetuneConfig, ["--config", str(recipe), *required])
+    assert cfg.train.epochs > 0 and cfg.train.steps == 0 and cfg.train.warmup_steps == 0
