@@ -400,8 +400,10 @@ class Trainer:
         }
         if grad_norm is not None:
             values["train/grad_norm"] = float(grad_norm)
-        report = {k: acc.reduce(torch.as_tensor(v, device=acc.device), "mean").item() / max(window["n"], 1)
-                  for k, v in window["report"].items()}
+        keys = sorted(window["report"])  # one collective for all of them
+        means = acc.reduce(torch.stack([torch.as_tensor(window["report"][k], device=acc.device) for k in keys]),
+                           "mean") / max(window["n"], 1) if keys else []
+        report = dict(zip(keys, (float(m) for m in means)))
         values.update({f"train/{k}": v for k, v in report.items() if k != "loss"})
         self.log(values)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{values['train/lr']:.2e}",
