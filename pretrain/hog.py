@@ -42,7 +42,9 @@ class HOGLayer(nn.Module):
 
     Args:
         nbins: orientation bins over [0, pi) (unsigned gradients).
-        cell_size: cell side in pixels; H and W must be multiples of it.
+        cell_size: cell side in pixels. Frames of any size >= 2x2: the partial cells at the
+            right and bottom edge are dropped (H // cell rows, W // cell columns of cells),
+            their pixels still serving as gradient neighbours, as the reference does.
         mode: "maskfeat" (reference MaskFeat convention, default) or "skimage".
 
     mode="maskfeat" (SlowFast `operators.py` HOGLayerC): each
@@ -94,8 +96,8 @@ class HOGLayer(nn.Module):
             raise ValueError(f"expected frames (N, C, H, W), got shape {tuple(frames.shape)}")
         _, _, H, W = frames.shape
         c = self.cell_size
-        if H % c or W % c or H < 2 or W < 2:
-            raise ValueError(f"frame size {H}x{W} must be a positive multiple of cell_size={c}")
+        if H < max(2, c) or W < max(2, c):
+            raise ValueError(f"frame size {H}x{W} is smaller than one {c}x{c} cell (or 2x2)")
         # Targets must not depend on the training precision: no autocast in here.
         with torch.autocast(device_type=frames.device.type, enabled=False):
             if self.mode == "maskfeat":
@@ -129,12 +131,15 @@ class HOGLayer(nn.Module):
         c, k = self.cell_size, 2 * self.nbins + 1
         f = {"dtype": x.dtype, "device": x.device}
         # Slot of each pixel's cell: the votes of pixel (y, x) go to slots
-        # base[y, x] + [0, k), with k = 2*nbins + 1 unfolded phases per cell.
+        # base[y, x] + [0, k), with k = 2*nbins + 1 unfolded phases per cell. Pixels of the
+        # partial cells at the right / bottom edge vote into one extra cell, discarded.
+        hc, wc = H // c, W // c
         rows = torch.arange(H, device=x.device) // c
         cols = torch.arange(W, device=x.device) // c
-        base = (rows[:, None] * (W // c) + cols[None, :]) * k + self.nbins
+        cell = torch.where((rows[:, None] < hc) & (cols[None, :] < wc), rows[:, None] * wc + cols[None, :], hc * wc)
+        base = cell * k + self.nbins
         # Slot indices are built in floating point (exact below 2^24 in float32).
-        exact = x.dtype == torch.float64 or (H // c) * (W // c) * k < 2**24
+        exact = x.dtype == torch.float64 or (hc * wc + 1) * k < 2**24
         scratch = {
             # Central differences with the border rows (dx) / columns (dy) left for the
             # reflect padding; the other border is 0 by reflection and never written.
@@ -145,7 +150,7 @@ class HOGLayer(nn.Module):
             "magnitude": torch.empty(n, C, H, W, **f),
             "phase": torch.empty(n, C, H, W, dtype=x.dtype if exact else torch.float64, device=x.device),
             "index": torch.empty(n, C, H, W, dtype=torch.long, device=x.device),
-            "votes": torch.empty(n, C, H // c, W // c, k, **f),
+            "votes": torch.empty(n, C, (hc * wc + 1) * k, **f),  # + the discarded cell
             "base": base.to(x.dtype if exact else torch.float64).expand(n, C, H, W),
         }
         if x.device.type == "cpu":
@@ -155,7 +160,7 @@ class HOGLayer(nn.Module):
     def _maskfeat_chunk(self, x: torch.Tensor, s: dict[str, torch.Tensor], out: torch.Tensor) -> None:
         """x (n, C, H, W) -> out (n, C, nbins, H/cell, W/cell), through the scratch tensors s."""
         n, C, H, W = x.shape
-        nb = self.nbins
+        nb, c = self.nbins, self.cell_size
         # Sobel cross-correlation with reflect padding 1, in separable form:
         # kx = [1, 2, 1]^T [1, 0, -1] and ky = kx^T, the same numbers as F.conv2d with the
         # weight_x / weight_y buffers (a test checks it), 2.5-20x faster on CPU than
@@ -176,8 +181,9 @@ class HOGLayer(nn.Module):
         # so the targets turn NaN as in the reference instead of indexing out of range.
         phase = torch.atan2(gx, gy, out=s["phase"]).mul_(nb / math.pi).floor_().nan_to_num_(nan=0.0)
         index = s["index"].copy_(phase.add_(s["base"]))
-        votes = s["votes"].zero_()
-        votes.view(n * C, -1).scatter_add_(1, index.view(n * C, H * W), magnitude.view(n * C, H * W))
+        flat = s["votes"].zero_()
+        flat.view(n * C, -1).scatter_add_(1, index.view(n * C, H * W), magnitude.view(n * C, H * W))
+        votes = flat[..., :-(2 * nb + 1)].view(n, C, H // c, W // c, 2 * nb + 1)
         # votes[..., p + nbins] holds phase p in [-nbins, nbins]; bin = p mod nbins
         # (Python-style): folded here, on the small histogram, not per pixel.
         hist = votes[..., :nb].add_(votes[..., nb : 2 * nb])
@@ -221,8 +227,9 @@ def _cell_sums(bins: torch.Tensor, magnitude: torch.Tensor, cell_size: int, k: i
     """bins (n, C, H, W) integer-valued in [0, k), magnitude (n, C, H, W) ->
     (n, C, H/cell, W/cell, k): each pixel's magnitude added to its bin of its cell, with
     one scatter_add per (frame, channel) plane instead of a dense one-hot."""
-    n, C, H, W = magnitude.shape
-    hc, wc = H // cell_size, W // cell_size
+    hc, wc = magnitude.shape[-2] // cell_size, magnitude.shape[-1] // cell_size
+    bins, magnitude = bins[..., :hc * cell_size, :wc * cell_size], magnitude[..., :hc * cell_size, :wc * cell_size]
+    n, C, H, W = magnitude.shape  # partial cells at the right / bottom dropped, as skimage does
     rows = torch.arange(H, device=bins.device) // cell_size
     cols = torch.arange(W, device=bins.device) // cell_size
     base = (rows[:, None] * wc + cols[None, :]) * k  # (H, W) first slot of the cell
@@ -274,10 +281,10 @@ def hog_targets(
         raise ValueError(
             f"{T} frames with temporal_stride={temporal_stride} do not give {t} temporal tokens"
         )
-    if H % (cell * h) or W % (cell * w):
+    if (H // cell) % h or (W // cell) % w:
         raise ValueError(
-            f"frame size {H}x{W} is not divisible into a {h}x{w} token grid of "
-            f"{cell}x{cell}-pixel cells"
+            f"the {H // cell}x{W // cell} cells of {cell}x{cell} pixels in a {H}x{W} frame do not "
+            f"divide into a {h}x{w} token grid"
         )
     frames = clip[:, :, ::temporal_stride].transpose(1, 2).flatten(0, 1)  # (B*t, C, H, W)
     hog = hog_layer(frames)  # (B*t, C', nbins, H/cell, W/cell)

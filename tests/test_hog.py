@@ -148,8 +148,8 @@ def test_gpu_matches_cpu():
 
 def test_shape_errors():
     layer = HOGLayer()
-    with pytest.raises(ValueError, match="multiple of cell_size"):
-        layer(torch.zeros(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="smaller than one 8x8 cell"):
+        layer(torch.zeros(1, 3, 7, 32))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         layer(torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="mode"):
@@ -304,7 +304,7 @@ def test_hog_targets_shape_errors():
     with pytest.raises(ValueError, match="token grid"):
         hog_targets(layer, clip, grid=(4, 3, 2))
     with pytest.raises(ValueError, match="token grid"):
-        hog_targets(layer, torch.zeros(1, 3, 8, 32, 36), grid=(4, 2, 2))
+        hog_targets(layer, torch.zeros(1, 3, 8, 32, 44), grid=(4, 2, 2))  # 5 cell columns for 2 tokens
     with pytest.raises(ValueError, match=r"\(B, C, T, H, W\)"):
         hog_targets(layer, torch.zeros(3, 8, 32, 32), grid=(4, 2, 2))
 
@@ -341,7 +341,8 @@ def test_pixel_targets_reference_default_and_errors():
 def _conv_reference(layer: HOGLayer, x: torch.Tensor) -> torch.Tensor:
     """HOGLayerC's formulation, float64: reflect pad, grouped conv2d with weight_x /
     weight_y, stack-norm magnitude, atan2(gx, gy) phase, scatter into bins, sum-pool
-    cells, F.normalize over bins."""
+    whole cells with unfold (the partial cells at the right / bottom drop out), F.normalize
+    over bins."""
     N, C, H, W = x.shape
     xp = torch.nn.functional.pad(x.double(), (1, 1, 1, 1), mode="reflect")
     gx = torch.nn.functional.conv2d(xp, layer.weight_x.double(), groups=3)
@@ -349,7 +350,7 @@ def _conv_reference(layer: HOGLayer, x: torch.Tensor) -> torch.Tensor:
     bins = torch.floor(torch.atan2(gx, gy) / math.pi * 9).long() % 9
     dense = torch.zeros(N, C, 9, H, W, dtype=torch.float64)
     dense.scatter_add_(2, bins[:, :, None], torch.stack([gx, gy], -1).norm(dim=-1)[:, :, None])
-    pooled = dense.view(N, C, 9, H // 8, 8, W // 8, 8).sum((4, 6))
+    pooled = dense.unfold(3, 8, 8).unfold(4, 8, 8).sum((-1, -2))
     return torch.nn.functional.normalize(pooled, p=2, dim=2)
 
 
@@ -357,6 +358,25 @@ def test_separable_sobel_equals_conv_with_the_buffers():
     layer = HOGLayer()
     x = torch.randn(2, 3, 32, 40, dtype=torch.float64)
     torch.testing.assert_close(layer(x), _conv_reference(layer, x), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(60, 84), (33, 47), (8, 9)])
+def test_any_frame_size_drops_partial_cells_like_the_conv_reference(size):
+    # The partial cells are dropped, but their pixels are still the gradient neighbours of
+    # the last whole cells (the reference pools after the convolution): cropping first differs.
+    layer = HOGLayer()
+    x = torch.randn(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out = layer(x)
+    assert out.shape == (2, 3, 9, size[0] // 8, size[1] // 8)
+    torch.testing.assert_close(out, _conv_reference(layer, x), atol=1e-12, rtol=0)
+    torch.testing.assert_close(layer(x.float()), out.float(), atol=1e-5, rtol=0)
+    assert not torch.allclose(out, layer(x[..., :size[0] // 8 * 8, :size[1] // 8 * 8]))
+
+
+def test_skimage_mode_any_frame_size():
+    img = np.random.default_rng(0).random((60, 84, 3))
+    ours = HOGLayer(mode="skimage")(torch.from_numpy(img).permute(2, 0, 1)[None])[0, 0].permute(1, 2, 0)
+    np.testing.assert_allclose(ours.numpy(), _skimage_reference(img), atol=1e-6)
 
 
 def test_cpu_chunks_and_reused_scratch_give_the_same_result():
