@@ -2,7 +2,8 @@
 masked regions (Wei et al., 2022; reference `slowfast/models/masked.py`, MaskMViT).
 
 Batch -> loss in named steps:
-    make_masks      cube masks in mask units (1 temporal token × 8×8 patch tokens)
+    masks           the batch's "mask" (made by the loader's workers from `masker`, see
+                    videodata/pipeline.py), or cube masks made here when it has none
     forward_encoder masked tokens become the mask token; every token goes through the encoder
     targets         HOG per output token (one frame per temporal token), or normalized pixels
     forward_loss    per-target LayerNorm + Linear head, MSE over masked tokens (+ optionally the visible)
@@ -43,8 +44,8 @@ class MaskFeat(nn.Module):
         units = tuple(g // u for g, u in zip(self.patch_grid, mask_unit))
         if any(g % u for g, u in zip(self.patch_grid, mask_unit)) or any(
                 t % u for t, u in zip(self.token_grid, units)):
-            raise ValueError(f"mask unit {mask_unit} does not tile patch grid {self.patch_grid} "
-                             f"and output grid {self.token_grid}")
+            raise ValueError(f"mask.unit {list(mask_unit)} does not tile the patch grid {list(self.patch_grid)} "
+                             f"and the output token grid {list(self.token_grid)} of {list(self.input_size)} clips")
         self.mask_grid = units  # e.g. 8×7×7
         per_frame = units[1] * units[2]
         # reference loader: block area in [units per frame // 5, units per frame]
@@ -68,6 +69,17 @@ class MaskFeat(nn.Module):
     def make_masks(self, batch_size: int, device) -> torch.Tensor:
         """-> bool (B, *mask_grid), True = masked (global torch RNG: saved with checkpoints)."""
         return self.masker(batch_size).to(device)
+
+    def masks(self, batch: dict) -> torch.Tensor:
+        """The batch's mask units (B, *mask_grid) bool: batch["mask"], which training loaders
+        make in their workers with `self.masker` (no per-clip work here), else made now."""
+        units = batch.get("mask")
+        if units is None:
+            return self.make_masks(batch["video"].shape[0], batch["video"].device)
+        if tuple(units.shape[1:]) != self.mask_grid or units.dtype != torch.bool:
+            raise ValueError(f"the batch's mask is {units.dtype} {list(units.shape[1:])} per clip but the task masks "
+                             f"a {list(self.mask_grid)} unit grid: build the loader with mask_generator=task.masker")
+        return units
 
     def forward_encoder(self, video: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """video (B, 3, T, H, W), units (B, *mask_grid) -> output tokens (B, t·h·w, D)."""
@@ -122,7 +134,7 @@ class MaskFeat(nn.Module):
 
     def forward(self, batch: dict):
         video = batch["video"]
-        units = self.make_masks(video.shape[0], video.device)
+        units = self.masks(batch)
         tokens = self.forward_encoder(video, units)
         targets = self.targets(video)
         loss, parts = self.forward_loss(tokens, targets, units)
@@ -144,12 +156,12 @@ class MaskFeat(nn.Module):
 
     @torch.no_grad()
     def images(self, batch: dict, index: int = 0) -> dict[str, torch.Tensor]:
-        """TensorBoard pictures of one clip: input frames with the mask, and HOG target vs
-        prediction drawn as oriented-gradient glyphs, one row per temporal token shown."""
+        """TensorBoard pictures of one clip: input frames with the mask it trained with, and
+        HOG target vs prediction drawn as oriented-gradient glyphs, one row per temporal token."""
         was_training = self.training
         self.eval()
-        video = batch["video"][index:index + 1]
-        units = self.make_masks(1, video.device)
+        one = {k: v[index:index + 1] for k, v in batch.items() if k in ("video", "mask")}
+        video, units = one["video"], self.masks(one)
         tokens = self.forward_encoder(video, units)
         self.train(was_training)
         s = self.temporal_stride

@@ -70,12 +70,17 @@ class PretrainConfig:
 def build_task(cfg: PretrainConfig) -> MaskFeat:
     encoder = build_backbone(cfg, pretraining=True)
     size = (cfg.data.frames, cfg.data.crop, cfg.data.crop)
-    return MaskFeat(encoder, size, mask_ratio=cfg.mask.ratio, mask_mode=cfg.mask.mode,
-                    mask_unit=tuple(cfg.mask.unit), targets=tuple(cfg.mask.targets),
-                    visible_weight=cfg.mask.visible_weight)
+    try:
+        return MaskFeat(encoder, size, mask_ratio=cfg.mask.ratio, mask_mode=cfg.mask.mode,
+                        mask_unit=tuple(cfg.mask.unit), targets=tuple(cfg.mask.targets),
+                        visible_weight=cfg.mask.visible_weight)
+    except ValueError as e:  # a mask / target setting that does not fit the model
+        raise RunError(str(e)) from None
 
 
-def build_loader(cfg: PretrainConfig, urls: str, accelerator, start_epoch: int):
+def build_loader(cfg: PretrainConfig, urls: str, accelerator, start_epoch: int, task: MaskFeat):
+    """The training loader; its workers make each batch's masks with the task's own masker,
+    so the mask geometry (unit grid, ratio, mode) cannot differ between loader and model."""
     from videodata import build_train_loader
     d = cfg.data
     return build_train_loader(urls, frames=d.frames, stride=d.stride, crop=d.crop, batch_size=cfg.train.batch_size,
@@ -83,7 +88,8 @@ def build_loader(cfg: PretrainConfig, urls: str, accelerator, start_epoch: int):
                               scale=tuple(d.scale), ratio=tuple(d.ratio), flip=d.flip, short_side=d.short_side,
                               repeats=d.repeats, rank=accelerator.process_index,
                               world_size=accelerator.num_processes, start_epoch=start_epoch,
-                              shuffle_buffer=d.shuffle_buffer, pin_memory=accelerator.device.type == "cuda")
+                              shuffle_buffer=d.shuffle_buffer, pin_memory=accelerator.device.type == "cuda",
+                              mask_generator=task.masker)
 
 
 def export_encoder(task: MaskFeat, cfg: PretrainConfig, step: int) -> Path:
@@ -118,20 +124,20 @@ def load_task(output_dir: str | Path, step: int | None = None) -> tuple[MaskFeat
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     cfg, accelerator = setup(PretrainConfig, argv, "accelerate launch pretrain/run.py", __doc__)
+    task = build_task(cfg)  # first: a setting that does not fit the model stops before any data work
     shards = find_shards(cfg.data.train, "", cfg.data.demo_root, accelerator, demo_split="pretrain")
     urls = shards.train
     epoch_samples = cfg.data.epoch_samples or shards.total
     if not epoch_samples:
         raise RunError("data.epoch_samples is needed (no manifest next to the shards)")
 
-    task = build_task(cfg)
     sched = Schedule.derive(cfg.train, cfg.optim, epoch_samples, accelerator.num_processes)
     trainer = Trainer(task, cfg.train, cfg.optim, sched, accelerator, start_run(accelerator, cfg, "tb"))
     start = trainer.resume()
     accelerator.print(f"pretraining {cfg.model.name} ({sum(p.numel() for p in task.encoder.parameters()):,} "
                       f"encoder params) on {urls}: {describe(sched, accelerator)}")
     # a resumed run draws fresh samples: the stream's seed moves with the start step
-    trainer.fit(build_loader(cfg, urls, accelerator, start_epoch=start))
+    trainer.fit(build_loader(cfg, urls, accelerator, start_epoch=start, task=task))
 
     if accelerator.is_main_process:
         export = export_encoder(accelerator.unwrap_model(trainer.task), cfg, trainer.state.step)

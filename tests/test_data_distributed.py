@@ -3,6 +3,7 @@ sees every video exactly once. Ranks are simulated in one process, once through 
 arguments and once through the RANK / WORLD_SIZE variables that `accelerate launch` sets."""
 
 import pytest
+import torch
 
 from videodata import build_eval_loader, build_train_loader, resolve_rank, write_shards, write_synthetic_videos
 
@@ -74,3 +75,42 @@ def test_eval_sees_every_video_exactly_once(shards, which):
         assert per_rank  # both ranks get work
         seen += per_rank
     assert sorted(seen) == sorted((vid, v) for vid in shards["ids"] for v in (0, 1))
+
+
+def _worker_masks(urls, rank, seed=0, start_epoch=0, mode="cube", batches=4):
+    """[(worker, video ids, mask)] of the first batches of one rank's loader with masks."""
+    from pretrain.masking import CubeMaskGenerator
+    masker = CubeMaskGenerator((4, 7, 7), 0.4, min_area=9, mode=mode)
+    loader = build_train_loader(urls, frames=2, stride=2, crop=16, batch_size=3, num_workers=2, seed=seed,
+                                epoch_samples=48, rank=rank, world_size=2, start_epoch=start_epoch,
+                                mask_generator=masker)
+    out = []
+    for i, batch in zip(range(batches), loader):
+        assert batch["mask"].dtype == torch.bool and batch["mask"].shape == (3, 4, 7, 7)
+        out.append((i % 2, batch["video_id"], batch["mask"]))
+    return out
+
+
+def test_loader_workers_make_reproducible_masks(shards):
+    first = _worker_masks(shards["many"], rank=0)
+    again = _worker_masks(shards["many"], rank=0)
+    for (w, ids, m), (w2, ids2, m2) in zip(first, again):  # same (seed, epoch, rank, worker, batch): same masks
+        assert ids == ids2 and torch.equal(m, m2)
+    masks = [m for _, _, m in first]
+    assert not torch.equal(masks[0], masks[1])  # worker 0 vs worker 1
+    assert not torch.equal(masks[0], masks[2])  # worker 0, batch 0 vs batch 1
+    for other in (_worker_masks(shards["many"], rank=1), _worker_masks(shards["many"], rank=0, seed=1),
+                  _worker_masks(shards["many"], rank=0, start_epoch=5)):  # a resumed run draws fresh ones
+        assert all(not torch.equal(m, o) for (_, _, m), (_, _, o) in zip(first, other))
+    # the masker's statistics: round(0.4 * 196) = 78 units at most per clip
+    counts = torch.cat(masks).flatten(1).sum(1)
+    assert counts.max() <= 78 and counts.float().mean() > 70
+
+
+@pytest.mark.parametrize("mode", ["tube", "random"])
+def test_loader_masks_in_every_mode(shards, mode):
+    masks = torch.cat([m for _, _, m in _worker_masks(shards["many"], rank=0, mode=mode, batches=2)])
+    if mode == "tube":
+        assert torch.equal(masks, masks[:, :1].expand_as(masks))
+    else:
+        assert (masks.flatten(1).sum(1) == 78).all()

@@ -132,3 +132,36 @@ def test_forward_reports_the_trivial_losses_of_its_batch():
     _, report = t({"video": torch.randn(2, 3, *SIZE)})
     assert {"loss_hog", "trivial_mean_hog", "trivial_visible_hog", "mask_fraction"} <= set(report)
     assert report["trivial_mean_hog"] > 0
+
+
+def test_forward_uses_the_batch_mask_and_checks_its_grid():
+    t = task()
+    video = torch.randn(2, 3, *SIZE)
+    units = t.make_masks(2, "cpu")
+    loss, report = t({"video": video, "mask": units})
+    tokens = t.forward_encoder(video, units)
+    expected, _ = t.forward_loss(tokens, t.targets(video), units)
+    torch.testing.assert_close(loss, expected)
+    assert report["mask_fraction"] == units.float().mean()
+    with pytest.raises(ValueError, match=r"\[2, 4, 4\] per clip but the task masks a \[2, 2, 2\] unit grid"):
+        t({"video": video, "mask": torch.zeros(2, 2, 4, 4, dtype=torch.bool)})
+
+
+def test_mask_picture_shows_the_batch_mask():
+    t = task()
+    video = torch.rand(2, 3, *SIZE) + 1  # no pixel near 0, so shading shows where the mask is
+    units = t.make_masks(2, "cpu")
+    for index in (0, 1):
+        picture = t.images({"video": video, "mask": units}, index=index)["mask/input"]  # (3, t·H, W)
+        from pretrain.masking import upsample_mask
+        mask = upsample_mask(units[index:index + 1], (2, *SIZE[1:]))[0]  # (t, H, W)
+        frames = video[index, :, ::2].transpose(0, 1)
+        lo, hi = frames.amin(dim=(1, 2, 3), keepdim=True), frames.amax(dim=(1, 2, 3), keepdim=True)
+        expected = (frames - lo) / (hi - lo + 1e-6) * (1 - 0.6 * mask[:, None].float())
+        torch.testing.assert_close(picture, torch.cat(list(expected.clamp(0, 1)), dim=1))
+
+
+def test_mask_unit_that_does_not_tile_names_both_grids():
+    with pytest.raises(ValueError, match=r"mask.unit \[1, 3, 3\] does not tile the patch grid \[2, 16, 16\] "
+                                         r"and the output token grid \[2, 4, 4\]"):
+        task(mask_unit=(1, 3, 3))

@@ -156,3 +156,25 @@ def test_recipes_count_in_epochs_not_the_demo_steps(recipe):
     required = ["data.train=x"] + ([] if pretraining else ["data.val=y", "init=z"])
     cfg = parse_config(PretrainConfig if pretraining else FinetuneConfig, ["--config", str(recipe), *required])
     assert cfg.train.epochs > 0 and cfg.train.steps == 0 and cfg.train.warmup_steps == 0
+
+
+def test_main_process_makes_no_masks(shards, tmp_path):
+    """The loader's workers make every batch's masks; the training process never calls the masker
+    (images included: they show the batch's mask)."""
+    out = tmp_path / "run"
+    code = ("import sys; import pretrain.maskfeat as m\n"
+            "def boom(*a, **k): raise AssertionError('mask made in the main process')\n"
+            "m.MaskFeat.make_masks = boom\n"
+            "from pretrain.run import main; sys.exit(main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, "-c", code, f"data.train={shards}", f"train.output_dir={out}",
+                        "train.steps=2", "train.warmup_steps=1", *TINY, "train.image_every=1"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mask/input" in scalars(out)["_images"]
+    assert scalars(out)["train/mask_fraction"][2] > 0.3
+
+
+def test_mask_unit_that_does_not_tile_is_one_line(tmp_path):
+    r = run([f"train.output_dir={tmp_path / 'run'}", *TINY, "mask.unit=[1,3,3]"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "mask.unit [1, 3, 3] does not tile the patch grid [2, 16, 16]" in r.stderr

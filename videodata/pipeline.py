@@ -18,6 +18,11 @@ persistent), so pass a different `start_epoch` when resuming to draw fresh sampl
 Evaluation reads each video exactly once over all ranks and workers (no resampling) and
 yields every view (clip x crop) of it, tagged with the video id and view index.
 
+Masks for masked-token pretraining can be made here too (`mask_generator`): each worker
+draws every batch's masks with a torch.Generator seeded by (seed, start_epoch, rank,
+worker, batch index), so the main process does no per-clip mask work and a run (or a
+resumed run, which passes its start step as start_epoch) draws the same masks again.
+
 A sample that fails to decode or is too short is skipped with a one-line warning and
 counted; each batch's "skipped" is the number its worker skipped since its previous batch.
 """
@@ -114,6 +119,7 @@ class _Slot:
         self.rank, self.worker = rank, worker
         self.index, self.count = rank * workers + worker, world_size * workers
         self.rng = random.Random(f"{seed}/{epoch}/{rank}/{worker}")
+        self.mask_seeds = random.Random(f"mask/{seed}/{epoch}/{rank}/{worker}")  # one seed per batch
 
 
 class TooManyFailures(RuntimeError):
@@ -223,13 +229,15 @@ def _collate(items: list[dict], skipped: int) -> dict:
 class TrainClips(IterableDataset):
     """Endless stream of training batches for one rank; see the module docstring.
 
-    One iteration (epoch) yields `batches_per_worker` batches per worker.
+    One iteration (epoch) yields `batches_per_worker` batches per worker. With a
+    mask_generator ((batch_size, generator=torch.Generator) -> bool (B, t, h, w)), every
+    batch also carries "mask", drawn in the worker.
     """
 
     def __init__(self, urls, *, frames: int, stride: int, transform: TrainTransform, batch_size: int,
                  batches_per_worker: int, num_workers: int, rank: int, world_size: int, seed: int = 0,
                  start_epoch: int = 0, shuffle_buffer: int = 64, repeats: int = 1, sampling: str = "random",
-                 short_side: int | None = None, max_consecutive_failures: int = 1000):
+                 short_side: int | None = None, max_consecutive_failures: int = 1000, mask_generator=None):
         if sampling not in ("random", "segment"):
             raise ValueError(f"training sampling must be 'random' or 'segment', got {sampling!r}")
         if batch_size % repeats:
@@ -241,6 +249,7 @@ class TrainClips(IterableDataset):
         self.rank, self.world_size, self.seed, self.start_epoch = rank, world_size, seed, start_epoch
         self.shuffle_buffer, self.short_side = shuffle_buffer, short_side
         self.max_consecutive_failures = max_consecutive_failures
+        self.mask_generator = mask_generator
         self._stream = None
 
     def __len__(self) -> int:
@@ -272,7 +281,11 @@ class TrainClips(IterableDataset):
                 items.append(dict(video=video, label=sample.label, frame_index=clip, video_id=sample.video_id,
                                   view=k))
             if len(items) == self.batch_size:
-                yield _collate(items, guard.take())
+                batch = _collate(items, guard.take())
+                if self.mask_generator is not None:
+                    seed = torch.Generator().manual_seed(slot.mask_seeds.getrandbits(63))
+                    batch["mask"] = self.mask_generator(len(items), generator=seed)
+                yield batch
                 items = []
 
     def __iter__(self):
@@ -352,12 +365,14 @@ def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 2
                        sampling: str = "random", mean=KINETICS_MEAN, std=KINETICS_STD, rank: int | None = None,
                        world_size: int | None = None, start_epoch: int = 0, shuffle_buffer: int = 64,
                        interpolation: str = "bilinear", pin_memory: bool = False,
-                       max_consecutive_failures: int = 1000) -> DataLoader:
+                       max_consecutive_failures: int = 1000, mask_generator=None) -> DataLoader:
     """Training DataLoader over shards; already split across ranks and workers.
 
     Batches: {"video": float (B, 3, T, crop, crop) normalized, "label": long (B,) (-1:
     unlabeled), "skipped": long scalar, "frame_index": long (B, T), "video_id": list[str],
-    "view": long (B,) (repeat index)}. B = batch_size clips = batch_size / repeats videos
+    "view": long (B,) (repeat index)}, plus "mask": bool (B, t, h, w) from
+    mask_generator(B, generator=...) when given (made in the workers; see the module
+    docstring). B = batch_size clips = batch_size / repeats videos
     with `repeats` clips each (repeated sampling amortizes one decode over several clips).
 
     len(loader) is the batches per epoch on this rank; loader.dataset.samples_per_epoch
@@ -383,7 +398,7 @@ def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 2
                          batches_per_worker=batches_per_worker, num_workers=num_workers, rank=rank,
                          world_size=world_size, seed=seed, start_epoch=start_epoch, shuffle_buffer=shuffle_buffer,
                          repeats=repeats, sampling=sampling, short_side=short_side,
-                         max_consecutive_failures=max_consecutive_failures)
+                         max_consecutive_failures=max_consecutive_failures, mask_generator=mask_generator)
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0, worker_init_fn=_worker_init)
 
