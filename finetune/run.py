@@ -30,7 +30,8 @@ import mvit  # noqa: E402
 from finetune import evaluate  # noqa: E402
 from finetune.classify import Classification  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
-                              build_backbone, describe, entry_point, find_shards, setup, start_run)
+                              build_backbone, describe, entry_point, find_shards, full_state_dict, setup,
+                              start_run, unsharded)
 
 
 @dataclass
@@ -330,22 +331,26 @@ def main(argv: list[str] | None = None) -> int:
     def on_step(step):
         unwrapped.update_ema(step)
         if val_urls and cfg.val_every and step % cfg.val_every == 0:
-            single = predict(unwrapped.eval_model(), eval_loader(cfg, val_urls, accelerator, clips=1, crops=1),
-                             accelerator)
+            with unsharded(unwrapped):  # FSDP: the model inside the task runs on its own
+                single = predict(unwrapped.eval_model(), eval_loader(cfg, val_urls, accelerator, clips=1, crops=1),
+                                 accelerator)
             trainer.log({f"val/{k}": v for k, v in evaluate.topk_accuracy(single.probs, single.labels).items()})
             trainer.task.train()
 
     trainer.fit(loader, on_step=on_step)
     final = unwrapped.eval_model()
+    prefix = next(name for name, m in unwrapped.named_modules() if m is final) + "."  # "model." or "ema.module."
+    weights = {k[len(prefix):]: v for k, v in full_state_dict(unwrapped).items() if k.startswith(prefix)}
     if accelerator.is_main_process:
         (out / "export").mkdir(parents=True, exist_ok=True)
         mvit.save_safetensors(final, out / "export" / "model.safetensors",
-                              {"model_name": cfg.model.name, "classes": json.dumps(classes)})
+                              {"model_name": cfg.model.name, "classes": json.dumps(classes)}, state_dict=weights)
     if trainer.state.step < sched.total_steps:
         accelerator.print(f"stopped at step {trainer.state.step} of {sched.total_steps} "
                           "(continue with train.resume=latest)")
     elif val_urls:
-        metrics = test_and_report(final, cfg, val_urls, classes, accelerator, step=trainer.state.step)
+        with unsharded(unwrapped):
+            metrics = test_and_report(final, cfg, val_urls, classes, accelerator, step=trainer.state.step)
         accelerator.print(f"test ({d.test_clips}x{d.test_crops} views): {metrics}\n"
                           f"  predictions: {out / 'test_predictions.csv'}\n  export: {out / 'export'}\n"
                           f"  TensorBoard: tensorboard --logdir {out}")

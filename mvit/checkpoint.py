@@ -258,9 +258,11 @@ def load_pretrained(
     return report
 
 
-def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None):
+def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None,
+                     state_dict: dict[str, torch.Tensor] | None = None):
     """Our weight format: safetensors of the unwrapped model's state dict (no prefixes), with
     the architecture config as JSON metadata ("mvit_config") so the file rebuilds its model.
+    state_dict: the weights to write instead of model.state_dict() (e.g. gathered from shards).
     Written to a temporary name and renamed, so a crash never leaves a half file."""
     from safetensors.torch import save_file
 
@@ -268,7 +270,8 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[s
     meta = dict(metadata or {})
     if hasattr(model, "cfg"):
         meta.setdefault("mvit_config", config_to_json(model.cfg))
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state_dict is None
+                                                         else state_dict).items()}
     tmp = f"{os.fspath(path)}.tmp"
     save_file(sd, tmp, metadata=meta)
     os.replace(tmp, path)

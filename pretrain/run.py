@@ -22,7 +22,8 @@ if __package__ in (None, ""):  # `accelerate launch pretrain/run.py` runs this f
 import mvit  # noqa: E402
 from pretrain.maskfeat import MaskFeat  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
-                              build_backbone, describe, entry_point, find_shards, setup, start_run)
+                              build_backbone, describe, entry_point, find_shards, full_state_dict, setup,
+                              start_run)
 
 
 @dataclass
@@ -92,13 +93,18 @@ def build_loader(cfg: PretrainConfig, urls: str, accelerator, start_epoch: int, 
                               mask_generator=task.masker)
 
 
-def export_encoder(task: MaskFeat, cfg: PretrainConfig, step: int) -> Path:
-    """Encoder weights (safetensors, config in the metadata) + model_config.json for finetuning."""
+def export_encoder(task: MaskFeat, cfg: PretrainConfig, step: int, accelerator) -> Path:
+    """Encoder weights (safetensors, config in the metadata) + model_config.json for finetuning.
+    Every rank calls it (sharded weights are gathered); the main process writes."""
     out = Path(cfg.train.output_dir) / "export"
+    state = {k[len("encoder."):]: v for k, v in full_state_dict(task).items() if k.startswith("encoder.")}
+    if not accelerator.is_main_process:
+        return out / "encoder.safetensors"
     out.mkdir(parents=True, exist_ok=True)
     encoder = task.encoder
     mvit.save_safetensors(encoder, out / "encoder.safetensors",
-                          {"model_name": cfg.model.name, "stage": "maskfeat-pretraining", "step": str(step)})
+                          {"model_name": cfg.model.name, "stage": "maskfeat-pretraining", "step": str(step)},
+                          state_dict=state)
     (out / "model_config.json").write_text(json.dumps(
         {"model_name": cfg.model.name, "pretraining": True, "step": step,
          "mvit_config": json.loads(mvit.config_to_json(encoder.cfg))}, indent=2))
@@ -139,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     # a resumed run draws fresh samples: the stream's seed moves with the start step
     trainer.fit(build_loader(cfg, urls, accelerator, start_epoch=start, task=task))
 
+    export = export_encoder(accelerator.unwrap_model(trainer.task), cfg, trainer.state.step, accelerator)
     if accelerator.is_main_process:
-        export = export_encoder(accelerator.unwrap_model(trainer.task), cfg, trainer.state.step)
         out = Path(cfg.train.output_dir)
         status = (f"done at step {trainer.state.step}" if trainer.state.step >= sched.total_steps else
                   f"stopped at step {trainer.state.step} of {sched.total_steps} (continue with train.resume=latest)")

@@ -18,13 +18,14 @@ import re
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from tqdm.auto import tqdm
@@ -106,6 +107,10 @@ def setup(schema, argv, prog: str, doc: str):
     except (RuntimeError, ValueError) as e:
         raise RunError(str(e)) from None
     configure_logging(accelerator)
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"  # set by an FSDP launch config
+    if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP and accelerator.is_main_process:
+        log.warning("note: FSDP was asked for but does not apply on %s: Accelerate runs %s, and every process holds "
+                    "the whole model", accelerator.device.type.upper(), distributed_mode(accelerator))
     return cfg, accelerator
 
 
@@ -173,6 +178,15 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return acc
 
 
+def distributed_mode(acc: Accelerator) -> str:
+    """no, DDP, FSDP1 / FSDP2 or DeepSpeed."""
+    if acc.distributed_type == DistributedType.FSDP:
+        return f"FSDP{acc.state.fsdp_plugin.fsdp_version}"
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        return "DeepSpeed"
+    return "DDP" if acc.num_processes > 1 else "no"
+
+
 @dataclass
 class Schedule:
     """Step counts derived once from the recipe (epochs of `epoch_samples` clips)."""
@@ -216,17 +230,19 @@ def make_scheduler(optimizer, optim: OptimConfig, sched: Schedule) -> CosineLRSc
 
 
 class RunState:
-    """Counters saved with every checkpoint (registered with Accelerate)."""
+    """Counters saved with every checkpoint (registered with Accelerate), and the global batch
+    they were counted in (0: a checkpoint from before it was recorded)."""
 
-    def __init__(self):
+    def __init__(self, global_batch: int = 0):
         self.step = 0
         self.clips = 0
+        self.global_batch = global_batch
 
     def state_dict(self):
-        return {"step": self.step, "clips": self.clips}
+        return {"step": self.step, "clips": self.clips, "global_batch": self.global_batch}
 
     def load_state_dict(self, d):
-        self.step, self.clips = int(d["step"]), int(d["clips"])
+        self.step, self.clips, self.global_batch = int(d["step"]), int(d["clips"]), int(d.get("global_batch", 0))
 
 
 class Checkpoints:
@@ -274,9 +290,48 @@ class Checkpoints:
 # ----------------------------------------------------------------------------- the loop
 
 
+# ----------------------------------------------------------------------------- sharded models
+# Under FSDP2 (Accelerate's fsdp_version 2) parameters are DTensor shards: a module's
+# state_dict holds shards, and calling a submodule outside the root's forward mixes shards
+# with full tensors. These helpers give every stage the full model; each one is a collective
+# under FSDP, so every rank must call it, and is a no-op otherwise.
+
+
+def _fsdp_modules(module: torch.nn.Module) -> list:
+    from torch.distributed.fsdp import FSDPModule
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    return bool(_fsdp_modules(module))
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's complete state dict on every rank (all-gathered under FSDP; collective)."""
+    if not is_sharded(module):
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+
+
+@contextmanager
+def unsharded(module: torch.nn.Module):
+    """Inside, the module's parameters are full tensors, so any of its methods or submodules
+    can run (pictures, evaluation of the model inside a task); resharded on exit (collective)."""
+    fsdp = _fsdp_modules(module)
+    for m in fsdp:
+        m.unshard()
+    try:
+        yield module
+    finally:
+        for m in fsdp:
+            m.reshard()
+
+
 def param_checksum(model: torch.nn.Module) -> str:
+    """A hash of the full weights (collective under FSDP)."""
     h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
+    for k, v in sorted(full_state_dict(model).items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
@@ -296,7 +351,7 @@ class Trainer:
         device sees it (raise RunError to stop with one line; no device sync per step)."""
         self.cfg, self.sched, self.acc = train, sched, accelerator
         self.check_batch = check_batch
-        self.state = RunState()
+        self.state = RunState(sched.global_batch)
         self.optimizer = make_optimizer(task, optim, sched.lr)
         self.scheduler = make_scheduler(self.optimizer, optim, sched)
         self.clip_grad = optim.clip_grad
@@ -311,13 +366,28 @@ class Trainer:
         if path is not None:
             self.acc.load_state(str(path))
             self.acc.print(f"resumed from {path} at step {self.state.step}")
+            saved, self.state.global_batch = self.state.global_batch, self.sched.global_batch
+            if saved and saved != self.sched.global_batch:
+                # The schedule is a function of the step, derived from the current global batch.
+                self.scheduler.step_update(self.state.step)
+                lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
+                self.acc.print(f"note: the global batch changed from {saved} to {self.sched.global_batch} clips per "
+                               f"step (processes x batch_size x grad_accum): the lr and the schedule now follow the "
+                               f"new batch; lr {lr:.3g} at step {self.state.step}, peak {self.sched.lr:.3g}, "
+                               f"{self.sched.total_steps} steps in all")
         return self.state.step
 
     def _log_images(self, batch):
-        images = self.acc.unwrap_model(self.task).images(batch)
-        tracker = self.acc.get_tracker("tensorboard", unwrap=True)
-        for name, img in images.items():  # (3, H, W) float in [0, 1]
-            tracker.add_image(name, img, self.state.step)
+        """Pictures from the main process; under FSDP every rank takes part in the forward."""
+        model = self.acc.unwrap_model(self.task)
+        if not (self.acc.is_main_process or is_sharded(model)):
+            return
+        with unsharded(model):
+            images = model.images(batch)
+        if self.acc.is_main_process:
+            tracker = self.acc.get_tracker("tensorboard", unwrap=True)
+            for name, img in images.items():  # (3, H, W) float in [0, 1]
+                tracker.add_image(name, img, self.state.step)
 
     def fit(self, loader, on_step=None) -> None:
         """Train until the schedule's last step, from wherever self.state is.
@@ -371,12 +441,12 @@ class Trainer:
             if step % cfg.log_every == 0 or step == end:
                 self._log(window, grad_norm, bar)
                 window = _new_window()
-            if cfg.image_every and step % cfg.image_every == 0 and acc.is_main_process:
+            if cfg.image_every and step % cfg.image_every == 0:
                 self._log_images(batch)
+            if on_step is not None:  # before the checkpoint, which then holds its effects (the EMA update)
+                on_step(step)
             if step % cfg.save_every == 0 or step == end:
                 self.checkpoints.save(step, {"config.yaml": self.config_yaml})
-            if on_step is not None:
-                on_step(step)
         bar.close()
         if cfg.audit:
             self._write_audit(seen)
@@ -444,6 +514,7 @@ def configure_logging(accelerator: Accelerator) -> None:
 
 
 def describe(sched: Schedule, accelerator: Accelerator) -> dict[str, Any]:
-    return {"processes": accelerator.num_processes, "device": str(accelerator.device),
+    return {"processes": accelerator.num_processes, "distributed": distributed_mode(accelerator),
+            "precision": accelerator.mixed_precision, "device": str(accelerator.device),
             "global_batch": sched.global_batch, "steps": sched.total_steps, "warmup_steps": sched.warmup_steps,
             "steps_per_epoch": sched.steps_per_epoch, "peak_lr": sched.lr}

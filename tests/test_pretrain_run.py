@@ -98,15 +98,38 @@ def test_resume_continues_step_counter_and_lr(shards, tmp_path):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
 
 
+def test_resume_with_another_global_batch_says_how_the_schedule_changes(shards, tmp_path):
+    """Processes x batch_size x grad_accum may change between runs (another world size); the
+    schedule then follows the new global batch, and one line says so with the resumed lr."""
+    out = tmp_path / "run"
+    common = [f"data.train={shards}", f"train.output_dir={out}", "train.steps=6", "train.warmup_steps=2",
+              "optim.lr=2e-3", "train.save_every=100", *TINY]
+    assert run([*common, "train.stop_after=2"]).returncode == 0
+    second = run([*common, "train.resume=latest", "train.batch_size=4", "train.stop_after=1"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    from timm.scheduler import CosineLRScheduler
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3 * 4 / 32)
+    CosineLRScheduler(opt, t_initial=4, lr_min=1e-6, warmup_t=2, warmup_lr_init=1e-6, warmup_prefix=True,
+                      t_in_epochs=False).step_update(2)
+    line = next(x for x in second.stdout.splitlines() if x.startswith("note: the global batch"))
+    assert "changed from 2 to 4 clips per step" in line
+    assert f"lr {opt.param_groups[0]['lr']:.3g} at step 2, peak {2e-3 * 4 / 32:.3g}, 6 steps in all" in line
+    third = run([*common, "train.resume=latest", "train.batch_size=4", "train.stop_after=1"])
+    assert "note: the global batch" not in third.stdout  # recorded: said once
+
+
 def test_two_cpu_processes_split_data_and_stay_in_sync(shards, tmp_path):
     out = tmp_path / "ddp"
     r = run([f"data.train={shards}", f"train.output_dir={out}", "train.steps=3", "train.warmup_steps=1",
              "train.audit=true", *TINY],
             launcher=("accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                       "--mixed_precision", "no", "--dynamo_backend", "no"),
-            env={"ACCELERATE_USE_CPU": "true"})
+            env={"ACCELERATE_USE_CPU": "true", "ACCELERATE_USE_FSDP": "true"})  # as configs/accelerate/fsdp.yaml
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "'processes': 2" in r.stdout and "'global_batch': 4" in r.stdout
+    assert "'processes': 2, 'distributed': 'DDP', 'precision': 'no'" in r.stdout and "'global_batch': 4" in r.stdout
+    notice = [x for x in r.stderr.splitlines() if "FSDP" in x]
+    assert notice == ["note: FSDP was asked for but does not apply on CPU: Accelerate runs DDP, and every process "
+                      "holds the whole model"]
     audits = [json.loads((out / "audit" / f"rank{i}.json").read_text()) for i in (0, 1)]
     seen = [set(a["samples"]) for a in audits]
     assert all(len(s) >= 2 for s in seen) and not (seen[0] & seen[1])
