@@ -8,9 +8,11 @@
     python scripts/make_shards.py unlabeled "raw/**/*.mp4" --out shards/raw --name pretrain
     python scripts/make_shards.py folders data/my_classes --out shards/mine --check
 
-Writes OUT/NAME-000000.tar ..., OUT/NAME-manifest.json and OUT/NAME-failures.csv. Videos
-are re-encoded (H.264, short side 320, keyframe every 16 frames, no audio) unless --copy.
-A video that cannot be read is listed in the failures file; the run goes on. Exit codes:
+Writes OUT/NAME-000000.tar ..., OUT/NAME-manifest.json, OUT/NAME-failures.csv and
+OUT/NAME-state.json (the complete shards so far; rerun the same command with --resume
+after an interruption). Videos are re-encoded (H.264, constant frame rate, upright, short
+side 320, keyframe every 16 frames, no audio) unless --copy. A video that cannot be read
+is listed in the failures file with the reason; the run goes on. Exit codes:
 0 done (even with failures), 1 --check found unreadable files, 2 bad arguments or inputs.
 """
 
@@ -67,12 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--gop", type=int, default=16, help="max frames between keyframes (default 16, at most 32)")
         e.add_argument("--crf", type=int, default=23, help="x264 quality, lower is better (default 23)")
         e.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
+        e.add_argument("--no-autorotate", action="store_true",
+                       help="keep frames as stored, ignoring the display rotation that players apply")
+        e.add_argument("--min-frames", type=int, default=2,
+                       help="record videos with fewer frames as too short (default 2: one frame is a still image)")
         r = q.add_argument_group("run")
         r.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                        help="parallel processes (default: all cores; 0: in this process, no crash protection)")
         r.add_argument("--seed", type=int, default=0, help="seed of the shuffle across shards")
         r.add_argument("--timeout", type=int, default=600,
                        help="seconds per video before its worker is killed and it counts as a failure (0: none)")
+        r.add_argument("--resume", action="store_true",
+                       help="keep the complete shards of an interrupted run with the same inputs and options")
         r.add_argument("--check", action="store_true", help="only decode every video and report unreadable ones")
         r.add_argument("--no-progress", action="store_true")
     return p
@@ -95,6 +103,9 @@ def main(argv=None) -> int:
     if not 1 <= args.gop <= 32:
         print(f"error: --gop must be in 1..32 (short GOPs are the point), got {args.gop}", file=sys.stderr)
         return 2
+    if args.min_frames < 1:
+        print(f"error: --min-frames must be at least 1, got {args.min_frames}", file=sys.stderr)
+        return 2
     name = args.name or getattr(args, "split", None) or ("data" if args.kind == "unlabeled" else "train")
     try:
         found = read_sources(args)
@@ -109,7 +120,7 @@ def main(argv=None) -> int:
     progress = not args.no_progress
     if args.check:
         failed = list(found.missing) + check_videos(videos, workers=args.workers, timeout=args.timeout or None,
-                                                          progress=progress)
+                                                    min_frames=args.min_frames, progress=progress)
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, f"{name}-failures.csv")
         write_failures(path, failed)
@@ -122,9 +133,15 @@ def main(argv=None) -> int:
     manifest = write_shards(
         videos, args.out, name=name, max_count=args.shard_count or None, max_bytes=args.shard_size or None,
         reencode=not args.copy, short_side=args.short_side, max_fps=args.max_fps, gop=args.gop, crf=args.crf,
-        preset=args.preset, workers=args.workers, seed=args.seed, classes=found.classes, failures=found.missing,
+        preset=args.preset, autorotate=not args.no_autorotate, min_frames=args.min_frames, workers=args.workers,
+        seed=args.seed, classes=found.classes, failures=found.missing,
         command="python scripts/make_shards.py " + shlex.join(argv), inputs=inputs, timeout=args.timeout or None,
-        progress=progress)
+        resume=args.resume, progress=progress)
+    if args.resume:
+        kept = manifest["resumed"]
+        print(f"resumed: kept {kept['shards']} complete shards ({kept['videos']} videos done) of an earlier run"
+              if kept["shards"] else "resume: no complete shards of a run with the same inputs and options; "
+              "encoded everything")
     print(f"{manifest['total']} videos in {len(manifest['shards'])} shards "
           f"({manifest['total_bytes'] / 1e9:.2f} GB), {manifest['failures']} failures "
           f"(see {os.path.join(args.out, manifest['failures_file'])})")

@@ -11,3 +11,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def make_shards():
+    """scripts/make_shards.py as a module (scripts/ is not a package): make_shards.main(argv)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_shards.py"
+    spec = importlib.util.spec_from_file_location("make_shards", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

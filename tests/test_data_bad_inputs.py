@@ -33,17 +33,22 @@ def rgb(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 32, 48, 3), dtype=np.uint8)
 
 
-def faststart_mp4(path: Path, n=24) -> bytes:
-    """mp4 with the index (moov) first, as web downloads often are: a truncated copy still
-    opens and decodes its first frames."""
-    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream("libx264", rate=12)
-        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
-        for i, f in enumerate(rgb(n, 5)):
+def write_with_pyav(target, frames, *, fmt: str, codec: str, pix_fmt: str = "yuv420p", options=None):
+    """frames (T, 32, 48, 3) uint8 -> `codec` in a `fmt` container at 12 fps (a path or a buffer)."""
+    with av.open(target, "w", format=fmt, options=options or {}) as out:
+        stream = out.add_stream(codec, rate=12)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, pix_fmt
+        for i, f in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(f, format="rgb24")
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
+
+
+def faststart_mp4(path: Path, n=24) -> bytes:
+    """mp4 with the index (moov) first, as web downloads often are: a truncated copy still
+    opens and decodes its first frames."""
+    write_with_pyav(str(path), rgb(n, 5), fmt="mp4", codec="libx264", options={"movflags": "faststart"})
     return path.read_bytes()
 
 
@@ -59,9 +64,45 @@ def audio_only_mp4() -> bytes:
     return buf.getvalue()
 
 
+def live_webm() -> bytes:
+    """A webm as live recorders write it: no duration and no frame count in the header."""
+    buf = io.BytesIO()
+    write_with_pyav(buf, rgb(GOOD_FRAMES, 7), fmt="webm", codec="libvpx-vp9", options={"live": "1"})
+    return buf.getvalue()
+
+
+def png_image() -> bytes:
+    buf = io.BytesIO()
+    write_with_pyav(buf, rgb(1), fmt="image2pipe", codec="png", pix_fmt="rgb24")
+    return buf.getvalue()
+
+
+def empty_packets_mkv(source: bytes) -> bytes:
+    """An mkv whose video packets are all empty: it opens, its stream looks fine, and
+    nothing decodes from it."""
+    buf = io.BytesIO()
+    with av.open(io.BytesIO(source)) as inp, av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.size:
+                empty = av.Packet(b"")
+                empty.pts, empty.dts, empty.time_base, empty.stream = packet.pts, packet.dts, packet.time_base, stream
+                out.mux(empty)
+    return buf.getvalue()
+
+
+def garbled_tail(mp4: bytes) -> bytes:
+    """The second half of the frame data replaced by noise, the index (at the end) intact:
+    the first frames decode, then FFmpeg's decoder fails."""
+    data, start, end = bytearray(mp4), mp4.find(b"mdat"), mp4.rfind(b"moov") - 4
+    middle = (start + end) // 2
+    data[middle:end] = np.random.default_rng(1).integers(0, 256, end - middle, dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
 @pytest.fixture(scope="session")
 def bad_files(tmp_path_factory):
-    """{name: bytes} of every kind of bad input, plus two good videos and a short one."""
+    """{name: bytes} of every kind of bad input, plus three good videos and a short one."""
     tmp = tmp_path_factory.mktemp("bad")
     plain = encode_frames(rgb(24, 1), fps=12)
     files = {
@@ -70,15 +111,33 @@ def bad_files(tmp_path_factory):
         "truncated_faststart.mp4": faststart_mp4(tmp / "fs.mp4")[:-4000],  # opens, then fails
         "audio_only.mp4": audio_only_mp4(),
         "text.mp4": b"this is a text file, not a video\n" * 20,
+        "image.mp4": png_image(),
+        "noise.mp4": np.random.default_rng(2).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+        "no_frames.mkv": empty_packets_mkv(plain),
+        "one_frame.mp4": encode_frames(rgb(1, 6), fps=12),
+        "garbled.mp4": garbled_tail(plain),
         "good1.mp4": encode_frames(rgb(GOOD_FRAMES, 2), fps=12),
         "good2.mp4": encode_frames(rgb(GOOD_FRAMES, 3), fps=12),
+        "live.webm": live_webm(),
         "short.mp4": encode_frames(rgb(3, 4), fps=12),
     }
     return files
 
 
-BAD = {"zero.mp4": "empty file", "truncated.mp4": "cannot open", "truncated_faststart.mp4": "",
-       "audio_only.mp4": "no video stream", "text.mp4": "cannot open"}
+# What each bad input is recorded as: a reason a user can act on (the README's list).
+BAD = {
+    "missing.mp4": "file not found",
+    "zero.mp4": "empty file",
+    "truncated.mp4": "truncated or unreadable mp4/mov container: ",
+    "truncated_faststart.mp4": "truncated or damaged container after frame ",
+    "audio_only.mp4": "not a video file: audio only (aac)",
+    "text.mp4": "not a video file: text",
+    "image.mp4": "not a video file: png image",
+    "noise.mp4": "not a media file: unrecognized format (",
+    "no_frames.mkv": "no decodable frames",
+    "one_frame.mp4": "too short: 1 frame (fewer than 2)",
+    "garbled.mp4": "decode error after frame ",
+}
 
 
 def test_preparation_records_failures_and_completes(bad_files, tmp_path):
@@ -86,20 +145,21 @@ def test_preparation_records_failures_and_completes(bad_files, tmp_path):
     src.mkdir()
     for name, data in bad_files.items():
         (src / name).write_bytes(data)
+    (src / "list.txt").write_text("".join(f"{name}\n" for name in [*bad_files, "missing.mp4"]))
     out = tmp_path / "shards"
-    rc = make_shards_main(["unlabeled", str(src), "--out", str(out), "--workers", "2", "--no-progress"])
+    rc = make_shards_main(["unlabeled", str(src / "list.txt"), "--out", str(out), "--workers", "2", "--no-progress"])
     assert rc == 0
     m = read_manifest(out)
-    assert m["total"] == 3 and m["failures"] == len(BAD)  # good1, good2, short
+    assert m["total"] == 4 and m["failures"] == len(BAD)  # good1, good2, live, short
     with open(out / "data-failures.csv", newline="") as f:
         rows = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
     assert set(rows) == set(BAD)
     for name, reason in BAD.items():
-        assert reason in rows[name] and "\n" not in rows[name]
-    assert "decod" in rows["truncated_faststart.mp4"] or "truncated" in rows["truncated_faststart.mp4"]
+        assert rows[name].startswith(reason) and "\n" not in rows[name], (name, rows[name])
+    assert rows["garbled.mp4"].endswith(": Invalid data found when processing input")  # FFmpeg's words
     # --check finds the same files and says so with exit code 1
-    rc = make_shards_main(["unlabeled", str(src), "--out", str(tmp_path / "check"), "--check", "--no-progress",
-                           "--workers", "1"])
+    rc = make_shards_main(["unlabeled", str(src / "list.txt"), "--out", str(tmp_path / "check"), "--check",
+                           "--no-progress", "--workers", "1"])
     assert rc == 1
     with open(tmp_path / "check" / "data-failures.csv", newline="") as f:
         assert {Path(r["path"]).name for r in csv.DictReader(f)} == set(BAD)
@@ -123,10 +183,11 @@ def write_raw_shard(path: Path, samples):
 def bad_shards(bad_files, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_shards")
     samples = []
-    # (A truncated faststart file is bad for preparation, but its first frames decode: at
-    # load time only clips past the cut would fail, so it is left out here.)
+    # (A truncated faststart file, a garbled one and a one-frame one are bad for preparation,
+    # but their first frames decode: at load time only some clips would fail, so they are
+    # left out here.)
     for i, (name, data) in enumerate(bad_files.items()):
-        if name == "truncated_faststart.mp4":
+        if name in ("truncated_faststart.mp4", "garbled.mp4", "one_frame.mp4", "live.webm"):
             continue
         frames = 3 if name == "short.mp4" else GOOD_FRAMES
         samples.append((f"{i:04d}", data, dict(id=name, label=i, frames=frames, fps=12)))
@@ -147,11 +208,14 @@ def test_eval_skips_and_counts(bad_shards, caplog):
             ids += batch["video_id"]
             skipped += int(batch["skipped"])
     assert sorted(ids) == ["good1.mp4", "good2.mp4"]
-    # 4 bad files + the short video + the sample without metadata
-    assert skipped == 4 + 2
+    # 7 bad files + the short video + the sample without metadata
+    assert skipped == 7 + 2
     messages = [r.getMessage() for r in caplog.records]
     assert any("mixed-000001.tar" in m for m in messages)  # the broken shard was reported
     assert all("\n" not in m for m in messages)
+    # a skipped video is named by its id (from its json), with the shard it is in
+    short = [m for m in messages if "video short.mp4 " in m]
+    assert len(short) == 1 and "mixed-000000.tar" in short[0] and "clip needs" in short[0]
 
 
 def test_eval_pads_short_videos_by_default(bad_shards):
@@ -162,7 +226,7 @@ def test_eval_pads_short_videos_by_default(bad_shards):
     assert sorted(ids) == ["good1.mp4", "good2.mp4", "short.mp4"]
     short = ids.index("short.mp4")
     assert [b["frame_index"] for b in batches][0][short].tolist() == [0, 2, 2, 2]
-    assert sum(int(b["skipped"]) for b in batches) == 4 + 1
+    assert sum(int(b["skipped"]) for b in batches) == 7 + 1
 
 
 def test_train_skips_bad_samples_and_keeps_going(bad_shards):

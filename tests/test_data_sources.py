@@ -212,3 +212,53 @@ def test_classes_option_fixes_indices(tmp_path):
     assert read_manifest(out)["classes"] == ["a", "b", "c"]
     assert shard_metas(out, "train")["x"][0]["label"] == 1
     shutil.rmtree(out)
+
+
+def test_kinetics_matching_never_guesses(tmp_path):
+    videos = tmp_path / "k400"
+    write_mp4(videos / "eeeeeeeeeee_000000_000010.mp4")  # one of two segments of an id
+    write_mp4(videos / "fffffffffff.mp4", seed=1)  # id alone, but the id has two rows
+    write_mp4(videos / "ggggggggggg.mp4", seed=2)  # id alone, one row: its video
+    write_mp4(videos / "hhhhhhhhhhh_000005_000015.mp4", seed=3)  # listed twice
+    write_mp4(videos / "a" / "iiiiiiiiiii_000000_000010.mp4", seed=4)  # two files for one row
+    write_mp4(videos / "b" / "iiiiiiiiiii_000000_000010.mkv", seed=5)
+    with open(tmp_path / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        w.writerows([["x", "eeeeeeeeeee", "0", "10", "train"], ["y", "eeeeeeeeeee", "20", "30", "train"],
+                     ["x", "fffffffffff", "0", "10", "train"], ["y", "fffffffffff", "30", "40", "val"],
+                     ["x", "ggggggggggg", "3", "13", "train"],
+                     ["x", "hhhhhhhhhhh", "5", "15", "train"], ["y", "hhhhhhhhhhh", "5", "15", "train"],
+                     ["x", "iiiiiiiiiii", "0", "10", "train"]])
+    out = tmp_path / "shards"
+    assert make_shards.main(["kinetics", "--csv", str(tmp_path / "train.csv"), "--videos", str(videos), "--split",
+                             "train", "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    metas = shard_metas(out, "train")
+    assert sorted(metas) == ["eeeeeeeeeee_000000_000010", "ggggggggggg", "hhhhhhhhhhh_000005_000015"]
+    assert read_manifest(out)["total"] == 3  # every file stored once
+    failures = dict(read_failures(out / "train-failures.csv"))
+    assert failures == {
+        "eeeeeeeeeee_000020_000030": "missing video file (other segments of eeeeeeeeeee: "
+                                     "eeeeeeeeeee_000000_000010.mp4)",
+        "fffffffffff_000000_000010": "ambiguous: fffffffffff.mp4 is named by the id alone and fffffffffff has "
+                                     "2 rows in the CSV",
+        "hhhhhhhhhhh_000005_000015": "ambiguous: hhhhhhhhhhh_000005_000015.mp4 is already the video of "
+                                     "hhhhhhhhhhh_000005_000015",
+        "iiiiiiiiiii_000000_000010": "ambiguous: 2 files match (iiiiiiiiiii_000000_000010.mp4, "
+                                     "iiiiiiiiiii_000000_000010.mkv)",
+    }
+
+
+def test_ssv2_ids_match_whole_stems_once(tmp_path):
+    videos = tmp_path / "ssv2"
+    write_webm(videos / "7.webm")
+    write_webm(videos / "77.webm", seed=1)  # "7" must not take it
+    write_webm(videos / "8.webm", seed=2)
+    (tmp_path / "labels.json").write_text(json.dumps({"Holding something": "0"}))
+    entry = {"template": "Holding [something]"}
+    (tmp_path / "train.json").write_text(json.dumps([{"id": "7", **entry}, {"id": "8", **entry},
+                                                     {"id": "8", **entry}, {"id": "9", **entry}]))
+    found = make_shards.ssv2_sources(str(tmp_path / "labels.json"), str(tmp_path / "train.json"), str(videos))
+    assert [Path(v.path).name for v in found.videos] == ["7.webm", "8.webm"]
+    assert found.missing == [("8.webm", "ambiguous: 8.webm is already the video of id 8"),
+                             ("9.webm", "missing video file")]

@@ -1,7 +1,7 @@
 """Video data for both stages: shards, decoding, clip sampling, transforms, loaders.
 
     decode.py     PyAV: probe, full scans, clip frames from bytes (seek + decode forward)
-    encode.py     PyAV libx264: mp4 writer, re-encoding for short GOPs
+    encode.py     PyAV libx264: mp4 writer, re-encoding (short GOPs, constant rate, upright)
     sampling.py   which frames make a clip (random, uniform multi-view, segment)
     transforms.py crops, flip, RandAugment / random erasing per clip, normalization
     sources.py    Kinetics CSV, SSv2 JSON, class folders, unlabeled inputs

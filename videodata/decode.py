@@ -40,6 +40,9 @@ class VideoInfo:
     width: int
     height: int
     declared_frames: int = 0  # the container header's count (0: not given)
+    # counter-clockwise degrees that turn a decoded frame upright (see upright()); probe()
+    # reads only the `rotate` tag, scan_video() the display matrix of the decoded frames too
+    rotation: int = 0
 
     @property
     def duration(self) -> float:
@@ -47,24 +50,77 @@ class VideoInfo:
 
 
 def _open(source):
-    """av container for bytes (decoded from memory) or a path; DecodeError on failure."""
+    """av container for bytes (decoded from memory) or a path; DecodeError with a reason a
+    user can act on when it is not a video (see `not_a_video`)."""
+    head = _head(source)
+    if not head:
+        raise DecodeError("empty file")
     if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise DecodeError("empty file")
         source = io.BytesIO(source)
     try:
         container = av.open(source, mode="r")
     except av.FFmpegError as exn:
-        raise DecodeError(f"cannot open: {_reason(exn)}") from None
+        raise DecodeError(_unopenable(head, _reason(exn))) from None
     except OSError as exn:
         raise DecodeError(f"cannot open: {exn}") from None
-    if not container.streams.video:
+    reason = not_a_video(container)
+    if reason:
         container.close()
-        raise DecodeError("no video stream")
+        raise DecodeError(reason)
     stream = container.streams.video[0]
     stream.thread_type = "SLICE"
     stream.codec_context.thread_count = 1
     return container, stream
+
+
+def _head(source, size: int = 1024) -> bytes:
+    """The first bytes of a file or buffer (to say what it is when FFmpeg cannot open it)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source[:size])
+    try:
+        with open(source, "rb") as f:
+            return f.read(size)
+    except OSError as exn:
+        raise DecodeError(f"cannot read: {exn.strerror or exn}") from None
+
+
+# Signatures of the containers we read: a file that starts like one but does not open is a
+# truncated or damaged video, not some other kind of file.
+_CONTAINER_MAGIC = (("mp4/mov", 4, b"ftyp"), ("mp4/mov", 4, b"moov"), ("mp4/mov", 4, b"mdat"),
+                    ("mkv/webm", 0, b"\x1aE\xdf\xa3"), ("avi", 8, b"AVI "), ("flv", 0, b"FLV"),
+                    ("mpeg", 0, b"\x00\x00\x01\xba"))
+_IMAGE_MAGIC = (("png", b"\x89PNG"), ("jpeg", b"\xff\xd8\xff"), ("gif", b"GIF8"), ("bmp", b"BM"))
+
+
+def _unopenable(head: bytes, reason: str) -> str:
+    """Why FFmpeg could not open a file that starts with `head`."""
+    for kind, offset, magic in _CONTAINER_MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return f"truncated or unreadable {kind} container: {reason}"
+    for kind, magic in _IMAGE_MAGIC:
+        if head.startswith(magic):
+            return f"not a video file: {kind} image ({reason})"
+    try:
+        head.decode("utf-8")
+        text = b"\x00" not in head
+    except UnicodeDecodeError as exn:
+        text = exn.start >= len(head) - 3 and b"\x00" not in head  # a character cut by the 1 KB read
+    if text:
+        return "not a video file: text"
+    return f"not a media file: unrecognized format ({reason})"
+
+
+def not_a_video(container) -> str | None:
+    """Why an opened media file is not a video (audio only, a still image, ...), or None."""
+    if not container.streams.video:
+        audio = container.streams.audio
+        if audio:
+            return f"not a video file: audio only ({audio[0].codec_context.name})"
+        return "not a video file: no video or audio stream"
+    fmt = container.format.name
+    if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg's demuxers for single images
+        return f"not a video file: {container.streams.video[0].codec_context.name} image"
+    return None
 
 
 def _reason(exn: Exception) -> str:
@@ -105,19 +161,56 @@ class _FrameIndexer:
         return self.start + max(0, math.floor((index - 0.5) / self.fps / self.tb))
 
 
+def display_rotation(frame, tagged: int = 0) -> int:
+    """Counter-clockwise degrees (0, 90, 180 or 270) that turn `frame` upright, as players
+    show it: the display matrix FFmpeg attaches to decoded frames (PyAV's frame.rotation),
+    else `tagged`, the stream's `rotate` tag (see _tag_rotation). Mirroring in the matrix
+    is ignored; phones only rotate. (PyAV before 14 has no frame.rotation: tags only.)"""
+    return int(round((getattr(frame, "rotation", 0) or tagged) / 90)) % 4 * 90
+
+
+def _tag_rotation(stream) -> int:
+    """The `rotate` tag (clockwise degrees; older FFmpeg wrote it, and it survives as
+    ROTATE in files remuxed to mkv) as counter-clockwise degrees, 0 when absent."""
+    tag = next((v for k, v in stream.metadata.items() if k.lower() == "rotate"), "0")
+    try:
+        return -round(float(tag))
+    except ValueError:
+        return 0
+
+
+def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """(H, W, 3) -> the same picture turned `rotation` degrees counter-clockwise
+    ((W, H, 3) for 90 and 270)."""
+    return np.rot90(rgb, rotation // 90) if rotation else rgb
+
+
 def iter_frames(source):
     """Yield (index, av.VideoFrame) for every frame of the first video stream.
 
-    Raises DecodeError when the file cannot be opened or decoding fails part way.
+    Raises DecodeError when the file cannot be opened or fails part way: reading the
+    container (a cut download) or decoding a packet (damaged data), which it says.
     """
     container, stream = _open(source)
     try:
         index_of = _FrameIndexer(stream, _fps(stream))
-        try:
-            for frame in container.decode(stream):
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets, None)
+            except av.FFmpegError as exn:
+                raise DecodeError(f"truncated or damaged container after frame {index_of.last}: "
+                                  f"{_reason(exn)}") from None
+            if packet is None:
+                break
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exn:
+                # The demuxer flags a packet that the file ends inside of (a cut download).
+                what = "truncated or damaged container" if packet.is_corrupt else "decode error"
+                raise DecodeError(f"{what} after frame {index_of.last}: {_reason(exn)}") from None
+            for frame in frames:
                 yield index_of(frame), frame
-        except av.FFmpegError as exn:
-            raise DecodeError(f"decoding failed after frame {index_of.last}: {_reason(exn)}") from None
     finally:
         container.close()
 
@@ -131,14 +224,22 @@ def check_complete(decoded: int, declared: int) -> None:
         raise DecodeError(f"truncated: decoded {decoded} of {declared} frames")
 
 
-def scan_video(source) -> VideoInfo:
-    """Decode the whole video to check it and count its frames (no pixel conversion)."""
+def scan_video(source, autorotate: bool = True) -> VideoInfo:
+    """Decode the whole video to check it and count its frames (no pixel conversion).
+
+    With autorotate, `rotation` is the display rotation and width / height are the upright
+    picture's; without, 0 and the stored picture's.
+    """
     info = probe(source)
     last, count = -1, 0
     for index, frame in iter_frames(source):
+        if count == 0:
+            info.width, info.height = frame.width, frame.height
+            info.rotation = display_rotation(frame, info.rotation) if autorotate else 0
         last, count = max(last, index), count + 1
-        info.width, info.height = frame.width, frame.height
     check_complete(count, info.declared_frames)
+    if info.rotation in (90, 270):
+        info.width, info.height = info.height, info.width
     info.num_frames = last + 1
     return info
 
@@ -148,8 +249,9 @@ def probe(source) -> VideoInfo:
 
     Raises DecodeError for files that do not open or have no video stream.
 
-    The frame count comes from the header or, when missing (webm), from the duration;
-    prefer the metadata written into shards, which was counted by decoding.
+    The frame count comes from the header or, when missing (webm), from the duration, and
+    is 0 when neither is given (a live recording's webm); prefer the metadata written into
+    shards, which was counted by decoding.
     """
     container, stream = _open(source)
     try:
@@ -161,10 +263,10 @@ def probe(source) -> VideoInfo:
             elif container.duration is not None:
                 seconds = container.duration / av.time_base
             else:
-                raise DecodeError("unknown duration")
+                seconds = 0.0
             num_frames = int(round(seconds * fps))
         return VideoInfo(fps=fps, num_frames=int(num_frames), width=stream.width, height=stream.height,
-                         declared_frames=stream.frames or 0)
+                         declared_frames=stream.frames or 0, rotation=_tag_rotation(stream))
     finally:
         container.close()
 
@@ -190,12 +292,14 @@ def _runs(wanted: list[int], gap: int) -> list[list[int]]:
 
 
 def decode_frames(source, indices, *, fps: float | None = None, short_side: int | None = None,
-                  gop: int | None = None) -> np.ndarray:
+                  gop: int | None = None, rotation: int | None = None) -> np.ndarray:
     """Decode the frames at `indices` (any order, repeats allowed).
 
     source: video bytes or a path. fps: the frame rate the indices refer to (default: the
     stream's average rate). short_side: resize while converting to RGB (swscale, cheap).
     gop: the keyframe interval if known, to decide when seeking beats decoding through.
+    rotation: counter-clockwise degrees to turn the frames (None: the video's display
+    rotation, so frames come out as a player shows them; 0: as stored).
     Returns (len(indices), H, W, 3) uint8 RGB.
     """
     indices = [int(i) for i in indices]
@@ -214,18 +318,20 @@ def decode_frames(source, indices, *, fps: float | None = None, short_side: int 
         reformatter = VideoReformatter()
 
         def to_rgb(frame) -> np.ndarray:
-            nonlocal size
+            nonlocal size, rotation
             if size is None:
                 size = resized_size(frame.height, frame.width, short_side)
-            return reformatter.reformat(frame, format="rgb24", height=size[0], width=size[1],
-                                        interpolation="BILINEAR").to_ndarray()
+                if rotation is None:
+                    rotation = display_rotation(frame, _tag_rotation(stream))
+            return upright(reformatter.reformat(frame, format="rgb24", height=size[0], width=size[1],
+                                                interpolation="BILINEAR").to_ndarray(), rotation)
 
         for run in _runs(wanted, gop if gop else DEFAULT_SEEK_GAP):
             pending = iter(run)
             want = next(pending)
             last_index, last_frame = -1, None
-            container.seek(index_of.pts(run[0]), stream=stream, backward=True, any_frame=False)
             try:
+                container.seek(index_of.pts(run[0]), stream=stream, backward=True, any_frame=False)
                 for frame in container.decode(stream):
                     last_index, last_frame = index_of(frame), frame
                     if last_index < want:
@@ -239,7 +345,7 @@ def decode_frames(source, indices, *, fps: float | None = None, short_side: int 
                     if want is None:
                         break
             except av.FFmpegError as exn:
-                raise DecodeError(f"decoding failed near frame {index_of.last}: {_reason(exn)}") from None
+                raise DecodeError(f"decode error near frame {index_of.last}: {_reason(exn)}") from None
             if want is not None:
                 # The stream ended before the run did.
                 if last_frame is None or run[-1] > last_index + TAIL_SLACK:

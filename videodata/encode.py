@@ -9,7 +9,6 @@ the decoding library).
 from __future__ import annotations
 
 import io
-import math
 from fractions import Fraction
 
 import av
@@ -97,38 +96,120 @@ def encode_frames(frames, *, fps, gop: int | None = 16, crf: int = 23, preset: s
     return buf.getvalue()
 
 
+class ConstantRate:
+    """Puts frames with presentation times on a constant-rate grid of `fps` frames per second.
+
+    Output frame k is the input frame on screen at time k / fps, times counted from the
+    first frame: where the input leaves a gap (variable frame rate, a slower stretch) the
+    previous frame repeats; of several frames inside one output period (bursts, or an
+    output rate below the input's) only the one on screen at the grid time is kept. A frame
+    within `tolerance` seconds after a grid time counts as on screen at it, which absorbs
+    the rounding of timestamps to the container's time base (1 ms in webm). `period`, the
+    source's nominal frame period, stands in for missing timestamps and durations.
+
+        grid = ConstantRate(fps=30, tolerance=1e-3, period=1 / 60)
+        for t, frame in timed_frames:         # t in seconds, or None
+            for out in grid.push(t, frame): write(out)
+        for out in grid.finish(last_frame_duration): write(out)
+    """
+
+    def __init__(self, fps: float, tolerance: float, period: float):
+        self.fps, self.tolerance, self.period = fps, tolerance, period
+        self.start = self.time = None  # first frame's timestamp; last frame's time after it
+        self.step = 0.0  # time between the last two frames
+        self.held = None
+        self.count = 0  # output frames so far
+
+    def _until(self, time: float):
+        """The held frame for every grid time before `time` (seconds from the first frame)."""
+        while self.held is not None and self.count / self.fps < time - self.tolerance:
+            self.count += 1
+            yield self.held
+
+    def push(self, time: float | None, frame):
+        """Yields the output frames that come before `frame` (shown from `time` seconds on)."""
+        if time is None:
+            time = 0.0 if self.start is None else self.start + self.time + self.period
+        if self.start is None:
+            self.start = time
+        # Timestamps that step back (broken muxing) are taken as a burst at the last time.
+        time = max(time - self.start, self.time or 0.0)
+        self.step, self.time = time - (self.time or 0.0), time
+        yield from self._until(time)
+        self.held = frame
+
+    def finish(self, duration: float | None = None):
+        """Yields the last frame for the grid times before it ends, `duration` seconds after
+        it started (default: the last frame interval, else `period`)."""
+        if self.held is not None:
+            yield from self._until(self.time + (duration or self.step or self.period))
+
+
 def reencode(source, *, short_side: int | None = 320, max_fps: float | None = None, gop: int = 16,
-             crf: int = 23, preset: str = "veryfast") -> tuple[bytes, dict]:
+             crf: int = 23, preset: str = "veryfast", autorotate: bool = True) -> tuple[bytes, dict]:
     """Re-encode a video (path or bytes) for cheap random clip access.
 
-    Output: H.264 mp4, short side `short_side` (never upscaled), at most `max_fps` frames
-    per second (frames dropped by timestamp), a keyframe at least every `gop` frames, no
-    audio. Returns (mp4 bytes, info dict with fps, frames, width, height, gop).
+    Output: H.264 mp4 at a constant rate, short side `short_side` (never upscaled), a
+    keyframe at least every `gop` frames, no audio. The rate is the source's average frame
+    rate (frames / duration), at most `max_fps`; output frame k shows the source frame on
+    screen at k / fps seconds after the first frame (ConstantRate), so the stored frames
+    keep the source's timing whatever its timestamps (variable frame rate, a start offset,
+    B-frame reordering). With autorotate the frames are turned upright by the display
+    rotation (a phone's portrait video is stored as portrait). Returns (mp4 bytes, info
+    dict with fps, frames, width, height, gop, rotation: the rotation applied).
     Raises DecodeError for unreadable or truncated input.
     """
-    from videodata.decode import check_complete, iter_frames, probe
+    from videodata.decode import check_complete, display_rotation, iter_frames, probe
 
     info = probe(source)
     fps = info.fps if not max_fps or info.fps <= max_fps else float(max_fps)
     buf = io.BytesIO()
-    writer, last_slot, decoded = None, -1, 0
+    writer, grid, decoded, rotation = None, None, 0, 0
+    last_in = last_out = None
+
+    def write(frame):
+        nonlocal last_in, last_out
+        if frame is not last_in:  # a repeated frame is converted once
+            last_in, last_out = frame, _converted(frame, writer, rotation)
+        writer.write(last_out)
+
     try:
-        for index, frame in iter_frames(source):
+        for _, frame in iter_frames(source):
             decoded += 1
-            # Output frame k shows the first source frame at or after time k / fps.
-            slot = math.floor(index * fps / info.fps + 1e-6)
-            if slot <= last_slot:
-                continue
-            last_slot = slot
             if writer is None:
-                height, width = short_side_size(frame.height, frame.width, short_side)
+                rotation = display_rotation(frame, info.rotation) if autorotate else 0
+                height, width = frame.height, frame.width
+                if rotation in (90, 270):
+                    height, width = width, height
+                height, width = short_side_size(height, width, short_side)
                 writer = Mp4Writer(buf, width=width, height=height, fps=fps, gop=gop, crf=crf, preset=preset)
-            writer.write(frame)
+                # At most one time-base tick, and well under one frame period.
+                grid = ConstantRate(fps, min(float(frame.time_base or 1), 0.25 / max(fps, info.fps)), 1 / info.fps)
+            for out in grid.push(frame.time, frame):
+                write(out)
         check_complete(decoded, info.declared_frames)
+        # The last frame shows for its own duration when the container gives one (PyAV >= 14).
+        duration = getattr(frame, "duration", None)
+        for out in grid.finish(float(duration * frame.time_base) if duration and frame.time_base else None):
+            write(out)
         writer.close()
     except BaseException:
         if writer is not None:
             writer.container.close()
         raise
     return buf.getvalue(), dict(fps=float(Fraction(fps).limit_denominator(100000)), frames=writer.num_frames,
-                                width=writer.stream.width, height=writer.stream.height, gop=gop)
+                                width=writer.stream.width, height=writer.stream.height, gop=gop, rotation=rotation)
+
+
+def _converted(frame, writer: Mp4Writer, rotation: int):
+    """A decoded frame as the writer takes it: yuv420p at the output size, turned upright."""
+    width, height = writer.stream.width, writer.stream.height
+    if not rotation:
+        return frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA")
+    from videodata.decode import upright
+
+    if rotation in (90, 270):
+        width, height = height, width
+    rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(upright(rgb, rotation)), format="rgb24").reformat(
+        format="yuv420p")

@@ -166,6 +166,16 @@ def _read_shard(url: str, guard: _FailureGuard):
     yield from wds.tarfile_to_samples(handler=handler)([dict(url=url)])
 
 
+def _describe(raw: dict) -> str:
+    """A sample as a user finds it: the video's id from its json (else the tar key) and the shard."""
+    try:
+        vid = json.loads(raw["json"])["id"]
+    except (KeyError, TypeError, ValueError):
+        vid = None
+    where = f"{raw.get('__key__')} in {raw.get('__url__')}"
+    return f"video {vid} (sample {where})" if vid else f"sample {where}"
+
+
 def _decode(raw: dict, clips_of, short_side: int | None, guard: _FailureGuard):
     """(sample, clips, frames) for one shard sample, or None when it is skipped.
 
@@ -176,9 +186,9 @@ def _decode(raw: dict, clips_of, short_side: int | None, guard: _FailureGuard):
         sample = _to_sample(raw)
         clips = clips_of(sample)
         frames = decode_frames(sample.data, [i for c in clips for i in c], fps=sample.meta.get("fps"),
-                               gop=sample.meta.get("gop"), short_side=short_side)
+                               gop=sample.meta.get("gop"), short_side=short_side, rotation=sample.meta.get("rotation"))
     except (DecodeError, TooShortError, ValueError) as exn:
-        guard.failed(f"{raw.get('__key__')} in {raw.get('__url__')}", str(exn))
+        guard.failed(_describe(raw), str(exn))
         return None
     guard.ok()
     return sample, clips, frames

@@ -5,10 +5,11 @@ copy mode) + `<key>.json`:
 
     {"label": 3, "label_name": "abseiling", "id": "0wR5jVB-WPk_000417_000427",
      "fps": 30.0, "frames": 300, "duration": 10.0, "width": 427, "height": 320,
-     "gop": 16, "reencoded": true, "source": "0wR5jVB-WPk_000417_000427.mp4"}
+     "gop": 16, "rotation": 0, "reencoded": true, "source": "0wR5jVB-WPk_000417_000427.mp4"}
 
 Next to the shards: `name-manifest.json` (classes, counts per shard, totals, command and
-options) and `name-failures.csv` (path, reason) for every video that could not be used.
+options), `name-failures.csv` (path, reason) for every video that could not be used, and
+`name-state.json` (the run's fingerprint and complete shards, to resume an interrupted run).
 Samples are shuffled across shards by a seeded permutation, so a run is reproducible and
 any single shard is a fair sample of the dataset. Each shard is written to a temporary
 name and renamed when complete; the manifest is written last.
@@ -17,6 +18,7 @@ name and renamed when complete; the manifest is written last.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import itertools
@@ -39,6 +41,7 @@ from videodata.sources import VideoSource
 
 MANIFEST_SUFFIX = "-manifest.json"
 FAILURES_SUFFIX = "-failures.csv"
+STATE_SUFFIX = "-state.json"
 FORMAT = "videodata-shards/1"
 
 
@@ -50,6 +53,8 @@ class EncodeOptions:
     gop: int = 16
     crf: int = 23
     preset: str = "veryfast"
+    autorotate: bool = True  # show frames upright, as players do (display rotation)
+    min_frames: int = 2  # fewer decoded frames: "too short" (one frame is a still image)
 
 
 def shard_name(name: str, index: int) -> str:
@@ -78,18 +83,25 @@ def prepare_video(source: VideoSource, options: EncodeOptions) -> tuple[bytes, s
     data = _read_bytes(source.path)
     if options.reencode:
         video, info = reencode(data, short_side=options.short_side, max_fps=options.max_fps, gop=options.gop,
-                               crf=options.crf, preset=options.preset)
-        ext = "mp4"
+                               crf=options.crf, preset=options.preset, autorotate=options.autorotate)
+        ext, rotation = "mp4", 0  # the pixels are stored upright
     else:
-        scanned = scan_video(data)
+        scanned = scan_video(data, autorotate=options.autorotate)
         video, ext = data, Path(source.path).suffix.lstrip(".").lower() or "mp4"
         info = dict(fps=scanned.fps, frames=scanned.num_frames, width=scanned.width, height=scanned.height,
                     gop=None)
+        rotation = scanned.rotation  # applied when decoding (videodata.decode.decode_frames)
+    _check_length(info["frames"], options.min_frames)
     meta = dict(label=source.label, label_name=source.label_name, id=source.source_id, fps=info["fps"],
                 frames=info["frames"], duration=round(info["frames"] / info["fps"], 4), width=info["width"],
-                height=info["height"], gop=info["gop"], reencoded=options.reencode,
+                height=info["height"], gop=info["gop"], rotation=rotation, reencoded=options.reencode,
                 source=os.path.basename(source.path))
     return video, ext, meta
+
+
+def _check_length(frames: int, min_frames: int):
+    if frames < min_frames:
+        raise DecodeError(f"too short: {frames} frame{'s' * (frames != 1)} (fewer than {min_frames})")
 
 
 def _prepare_task(args):
@@ -107,10 +119,11 @@ def _prepare_crashed(task, reason: str):
     return task[0], None, reason
 
 
-def _check_task(source: VideoSource):
+def _check_task(args):
+    source, min_frames = args
     try:
         _read_bytes(source.path)
-        scan_video(source.path)
+        _check_length(scan_video(source.path).num_frames, min_frames)
         return source, None
     except DecodeError as exn:
         return source, str(exn)
@@ -118,8 +131,8 @@ def _check_task(source: VideoSource):
         return source, f"{type(exn).__name__}: {one_line(exn)}"
 
 
-def _check_crashed(source: VideoSource, reason: str):
-    return source, reason
+def _check_crashed(task, reason: str):
+    return task[0], reason
 
 
 def _guarded(fn, item, timeout: int | None):
@@ -195,41 +208,55 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 
 
 class _ShardSink:
-    """Writes samples into numbered shards; each shard appears only once complete."""
+    """Writes samples into numbered shards; each shard appears only once complete.
 
-    def __init__(self, out_dir: Path, name: str, max_count: int | None, max_bytes: int | None):
+    `shards` lists the complete ones: file, count, bytes, plus what resuming needs (see
+    write_shards): `end`, the number of input positions consumed when the shard closed, and
+    the failures and per-class counts of the positions since the previous shard.
+    """
+
+    def __init__(self, out_dir: Path, name: str, max_count: int | None, max_bytes: int | None,
+                 shards: list[dict] = ()):
         self.out_dir, self.name = out_dir, name
         self.max_count, self.max_bytes = max_count, max_bytes
-        self.shards: list[dict] = []
+        self.shards: list[dict] = list(shards)
         self.tar = None
         self.count = self.bytes = 0
+
+    @property
+    def total(self) -> int:
+        """Samples written so far, complete shards and the open one."""
+        return sum(s["count"] for s in self.shards) + self.count
+
+    def full(self, size: int) -> bool:
+        """Whether a sample of `size` bytes must start a new shard."""
+        return self.tar is not None and bool((self.max_count and self.count >= self.max_count)
+                                             or (self.max_bytes and self.bytes + size > self.max_bytes))
 
     def _open(self):
         self.tmp = self.out_dir / (shard_name(self.name, len(self.shards)) + ".tmp")
         self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
         self.count = self.bytes = 0
 
-    def close_shard(self):
+    def close_shard(self, **extra) -> bool:
+        """Completes the open shard (if any); `extra` is stored with its entry."""
         if self.tar is None:
-            return
+            return False
         self.tar.close()
         final = self.out_dir / shard_name(self.name, len(self.shards))
         os.replace(self.tmp, final)
-        self.shards.append(dict(file=final.name, count=self.count, bytes=os.path.getsize(final)))
+        self.shards.append(dict(file=final.name, count=self.count, bytes=os.path.getsize(final), **extra))
         self.tar = None
+        return True
 
     def write(self, key: str, video: bytes, ext: str, meta: dict):
-        size = len(video)
-        if self.tar is not None and ((self.max_count and self.count >= self.max_count)
-                                     or (self.max_bytes and self.bytes + size > self.max_bytes)):
-            self.close_shard()
         if self.tar is None:
             self._open()
         meta_bytes = json.dumps(meta, sort_keys=True).encode()
-        self.tar.addfile(_tarinfo(f"{key}.{ext}", size), io.BytesIO(video))
+        self.tar.addfile(_tarinfo(f"{key}.{ext}", len(video)), io.BytesIO(video))
         self.tar.addfile(_tarinfo(f"{key}.json", len(meta_bytes)), io.BytesIO(meta_bytes))
         self.count += 1
-        self.bytes += size + len(meta_bytes)
+        self.bytes += len(video) + len(meta_bytes)
 
     def abort(self):
         if self.tar is not None:
@@ -275,9 +302,10 @@ def url_pattern(name: str, num_shards: int) -> str:
 def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None = 1000,
                  max_bytes: int | None = 1_000_000_000, reencode: bool = True, short_side: int | None = 320,
                  max_fps: float | None = None, gop: int = 16, crf: int = 23, preset: str = "veryfast",
-                 workers: int = 1, seed: int = 0, classes: list[str] | None = None,
-                 failures: list[tuple[str, str]] = (), command: str | None = None, inputs: dict | None = None,
-                 timeout: int | None = 600, progress: bool = False) -> dict:
+                 autorotate: bool = True, min_frames: int = 2, workers: int = 1, seed: int = 0,
+                 classes: list[str] | None = None, failures: list[tuple[str, str]] = (), command: str | None = None,
+                 inputs: dict | None = None, timeout: int | None = 600, resume: bool = False,
+                 progress: bool = False) -> dict:
     """Write videos into webdataset shards; returns the manifest (also written to disk).
 
     samples: VideoSource objects, or (path, label_name) pairs (labels are then indexed in
@@ -286,6 +314,13 @@ def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None
     is recorded in the failures file and skipped; the run always completes. workers:
     processes that decode and encode (0: this process); a video whose worker crashes or
     takes over `timeout` seconds is recorded as a failure too.
+
+    resume: keep the complete shards of an earlier run into `out_dir` with the same
+    fingerprint (name, options and inputs: paths, labels, sizes and modification times)
+    and encode only the videos after them; the result is the same set of samples in the
+    same shards as one uninterrupted run. The run's progress is kept in NAME-state.json,
+    updated after every shard; without resume, an earlier run's state and shards are
+    replaced.
     """
     samples = list(samples)
     if samples and not isinstance(samples[0], VideoSource):
@@ -303,56 +338,110 @@ def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None
     # An interrupted re-run must not leave the previous manifest describing new shards.
     (out_dir / (name + MANIFEST_SUFFIX)).unlink(missing_ok=True)
     options = EncodeOptions(reencode=reencode, short_side=short_side, max_fps=max_fps, gop=gop, crf=crf,
-                            preset=preset)
+                            preset=preset, autorotate=autorotate, min_frames=min_frames)
     order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
-    failed = list(failures)
-    sink = _ShardSink(out_dir, name, max_count, max_bytes)
-    per_class = [0] * len(classes)
+    state_path = out_dir / (name + STATE_SUFFIX)
+    fingerprint = _fingerprint(name, options, dict(max_count=max_count, max_bytes=max_bytes, seed=seed),
+                               [samples[i] for i in order])
+    kept = _resumable_shards(out_dir, state_path, fingerprint) if resume else []
+    if not kept:
+        state_path.unlink(missing_ok=True)
+    sink = _ShardSink(out_dir, name, max_count, max_bytes, kept)
+    done = kept[-1]["end"] if kept else 0
+    new_failed, new_per_class = [], [0] * len(classes)  # since the last complete shard
+
+    def close_shard(end: int):
+        nonlocal new_failed, new_per_class
+        if sink.close_shard(end=end, failures=new_failed, per_class=new_per_class):
+            new_failed, new_per_class = [], [0] * len(classes)
+            _write_json(state_path, dict(format=FORMAT, fingerprint=fingerprint, shards=sink.shards))
+
     start = time.time()
     bar = _progress(len(samples), progress, name)
+    bar.update(done)
+    failure_count = len(failures) + sum(len(s["failures"]) for s in kept)
     try:
-        tasks = ((samples[i], options) for i in order)
-        for source, result, error in parallel_map(_prepare_task, tasks, workers, on_crash=_prepare_crashed,
-                                                  timeout=timeout):
+        tasks = ((samples[i], options) for i in order[done:])
+        results = parallel_map(_prepare_task, tasks, workers, on_crash=_prepare_crashed, timeout=timeout)
+        for position, (source, result, error) in enumerate(results, start=done):
             if error is None:
-                sink.write(f"{sum(s['count'] for s in sink.shards) + sink.count:08d}", *result)
-                if 0 <= source.label < len(per_class):
-                    per_class[source.label] += 1
+                if sink.full(len(result[0])):
+                    close_shard(position)
+                sink.write(f"{sink.total:08d}", *result)
+                if 0 <= source.label < len(classes):
+                    new_per_class[source.label] += 1
             else:
-                failed.append((source.path, error))
+                new_failed.append((source.path, error))
+                failure_count += 1
             bar.update(1)
-            bar.set_postfix(failures=len(failed), refresh=False)
-        sink.close_shard()
+            bar.set_postfix(failures=failure_count, refresh=False)
+        close_shard(len(order))
     except BaseException:
         sink.abort()
         raise
     finally:
         bar.close()
     _remove_stale(out_dir, name, len(sink.shards))
+    failed = list(failures) + [f for s in sink.shards for f in s["failures"]] + new_failed
     write_failures(out_dir / (name + FAILURES_SUFFIX), failed)
-    total = sum(s["count"] for s in sink.shards)
+    per_class = [sum(counts) for counts in zip(*(s["per_class"] for s in sink.shards))] or [0] * len(classes)
+    shards = [dict(file=s["file"], count=s["count"], bytes=s["bytes"]) for s in sink.shards]
     manifest = dict(
         format=FORMAT, name=name, classes=classes, num_classes=len(classes),
-        total=total, total_bytes=sum(s["bytes"] for s in sink.shards), per_class=per_class,
-        shards=sink.shards, url_pattern=url_pattern(name, len(sink.shards)) if sink.shards else None,
+        total=sum(s["count"] for s in shards), total_bytes=sum(s["bytes"] for s in shards), per_class=per_class,
+        shards=shards, url_pattern=url_pattern(name, len(shards)) if shards else None,
         failures=len(failed), failures_file=name + FAILURES_SUFFIX,
         options=dict(asdict(options), max_count=max_count, max_bytes=max_bytes, seed=seed, workers=workers),
         inputs=inputs or {}, command=command, seconds=round(time.time() - start, 1),
+        resumed=dict(shards=len(kept), videos=done),
     )
     _write_json(out_dir / (name + MANIFEST_SUFFIX), manifest)
     return manifest
 
 
-def check_videos(samples, *, workers: int = 1, timeout: int | None = 600,
+def _fingerprint(name: str, options: EncodeOptions, layout: dict, samples: list[VideoSource]) -> str:
+    """What decides a run's shards: its name, options and the inputs in shard order."""
+
+    def stat(path):
+        try:
+            st = os.stat(path)
+            return [st.st_size, st.st_mtime_ns]
+        except OSError:
+            return None
+
+    inputs = [[s.path, s.label, s.label_name, s.source_id, stat(s.path)] for s in samples]
+    text = json.dumps([FORMAT, name, asdict(options), layout, inputs], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _resumable_shards(out_dir: Path, state_path: Path, fingerprint: str) -> list[dict]:
+    """The complete shards of an earlier run with this fingerprint that are still intact."""
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        return []
+    kept = []
+    for shard in state.get("shards", []):
+        path = out_dir / shard["file"]
+        if not path.is_file() or path.stat().st_size != shard["bytes"]:
+            break
+        kept.append(shard)
+    return kept
+
+
+def check_videos(samples, *, workers: int = 1, timeout: int | None = 600, min_frames: int = 2,
                  progress: bool = False) -> list[tuple[str, str]]:
     """Decode every video once; returns (path, reason) for each one that cannot be used."""
     samples = list(samples)
     failed = []
     bar = _progress(len(samples), progress, "check")
     try:
-        for source, error in parallel_map(_check_task, samples, workers, on_crash=_check_crashed,
-                                          timeout=timeout):
+        for source, error in parallel_map(_check_task, ((s, min_frames) for s in samples), workers,
+                                          on_crash=_check_crashed, timeout=timeout):
             if error is not None:
                 failed.append((source.path, error))
             bar.update(1)

@@ -13,6 +13,7 @@ import csv
 import glob
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,14 +93,35 @@ def read_class_list(path: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _names(paths: list[str], limit: int = 5) -> str:
+    """File names for a one-line reason."""
+    names = [os.path.basename(p) for p in paths[:limit]]
+    return ", ".join(names) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _claim(found: list[str], used: dict[str, str], annotation: str) -> tuple[str | None, str | None]:
+    """(file, None) when exactly one file matches and no other annotation took it, else
+    (None, reason). Two annotations never share one file."""
+    if not found:
+        return None, "missing video file"
+    if len(found) > 1:
+        return None, f"ambiguous: {len(found)} files match ({_names(found)})"
+    if found[0] in used:
+        return None, f"ambiguous: {_names(found)} is already the video of {used[found[0]]}"
+    used[found[0]] = annotation
+    return found[0], None
+
+
 def kinetics_sources(csv_path: str, video_root: str, split: str | None = None,
                      classes: list[str] | None = None) -> SourceList:
     """Kinetics annotations: CSV with columns label, youtube_id, time_start, time_end, split.
 
-    Videos are `{youtube_id}_{start:06d}_{end:06d}.{ext}` under `video_root` (any depth);
-    failing that, the one file whose stem starts with the youtube id. Class indices are the
-    sorted label names of the whole CSV (all splits, so train and val agree) unless
-    `classes` is given.
+    A row's video is the file `{youtube_id}_{start:06d}_{end:06d}.{ext}` under `video_root`
+    (any depth). A file named by the youtube id alone is taken only when that id has a
+    single row in the CSV: with several segments of one id, the file could be any of them.
+    No file serves two rows; a row without its own file is recorded as missing (naming the
+    files of other segments of its id) or ambiguous. Class indices are the sorted label
+    names of the whole CSV (all splits, so train and val agree) unless `classes` is given.
     """
     if not os.path.isfile(csv_path):
         raise SourceError(f"annotation CSV not found: {csv_path}")
@@ -111,8 +133,10 @@ def kinetics_sources(csv_path: str, video_root: str, split: str | None = None,
     if classes is None:
         classes = sorted({r["label"].strip() for r in rows})
     class_index = {c: i for i, c in enumerate(classes)}
+    rows_per_id = Counter(r["youtube_id"].strip() for r in rows)
     index = _StemIndex(_video_files(video_root))
     out = SourceList([], list(classes))
+    used: dict[str, str] = {}
     for r in rows:
         if split is not None and r.get("split", "").strip() != split:
             continue
@@ -125,12 +149,21 @@ def kinetics_sources(csv_path: str, video_root: str, split: str | None = None,
         if label not in class_index:
             out.missing.append((stem, f"label {label!r} not in the class list"))
             continue
-        found = index.exact(stem) or index.prefixed(yid)
-        if len(found) != 1:
-            reason = "missing video file" if not found else f"ambiguous: {len(found)} files start with {yid}"
+        found = index.exact(stem)
+        if not found and index.exact(yid):
+            if rows_per_id[yid] > 1:
+                out.missing.append((stem, f"ambiguous: {_names(index.exact(yid))} is named by the id alone and "
+                                          f"{yid} has {rows_per_id[yid]} rows in the CSV"))
+                continue
+            found = index.exact(yid)
+        path, reason = _claim(found, used, stem)
+        if path is None:
+            others = index.prefixed(yid + "_")
+            if not found and others:
+                reason += f" (other segments of {yid}: {_names(others)})"
             out.missing.append((stem, reason))
             continue
-        out.videos.append(VideoSource(found[0], class_index[label], label))  # id: the file stem
+        out.videos.append(VideoSource(path, class_index[label], label))  # id: the file stem
     return out
 
 
@@ -142,8 +175,9 @@ def _strip_brackets(template: str) -> str:
 
 def ssv2_sources(labels_json: str, split_json: str, video_root: str) -> SourceList:
     """Something-Something-v2: labels.json (template -> index), a split file (list of
-    {"id", "template", ...}) and videos `{id}.webm` under `video_root`. Entries without a
-    template (the test split) are unlabeled.
+    {"id", "template", ...}) and videos `{id}.webm` under `video_root` (the id must be the
+    whole file stem; an id listed twice gets its file once). Entries without a template
+    (the test split) are unlabeled.
     """
     for p in (labels_json, split_json):
         if not os.path.isfile(p):
@@ -162,20 +196,21 @@ def ssv2_sources(labels_json: str, split_json: str, video_root: str) -> SourceLi
         classes[i] = name
     index = _StemIndex(_video_files(video_root))
     out = SourceList([], classes)
+    used: dict[str, str] = {}
     for e in entries:
         vid = str(e["id"])
-        found = index.exact(vid)
-        if len(found) != 1:
-            out.missing.append((f"{vid}.webm", "missing video file" if not found else "ambiguous: several files"))
+        path, reason = _claim(index.exact(vid), used, f"id {vid}")
+        if path is None:
+            out.missing.append((f"{vid}.webm", reason))
             continue
         if "template" in e:
             name = _strip_brackets(e["template"])
             if name not in label_map:
-                out.missing.append((found[0], f"template {name!r} not in {os.path.basename(labels_json)}"))
+                out.missing.append((path, f"template {name!r} not in {os.path.basename(labels_json)}"))
                 continue
-            out.videos.append(VideoSource(found[0], label_map[name], name, vid))
+            out.videos.append(VideoSource(path, label_map[name], name, vid))
         else:
-            out.videos.append(VideoSource(found[0], -1, None, vid))
+            out.videos.append(VideoSource(path, -1, None, vid))
     return out
 
 
