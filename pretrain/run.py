@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # `accelerate launch pretrain/run.py` runs this f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mvit  # noqa: E402
+from pretrain.init import load_pretraining_init, report_init  # noqa: E402
 from pretrain.maskfeat import MaskFeat  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
                               build_backbone, describe, entry_point, find_shards, setup, start_run)
@@ -57,6 +58,10 @@ class MaskConfig:
 
 @dataclass
 class PretrainConfig:
+    init: Optional[str] = field(default=None, metadata={
+        "help": "weights to start from (a resumed run loads its checkpoint over them): our encoder export, a "
+                "pretraining checkpoint folder, a SlowFast MaskFeat .pyth (with its HOG head), a supervised or "
+                "an image checkpoint (inflated); null / 'none': from scratch"})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         raise RunError("data.epoch_samples is needed (no manifest next to the shards)")
 
     task = build_task(cfg)
+    report_init(load_pretraining_init(task, cfg.init), cfg.init, cfg.train.output_dir, accelerator)
     sched = Schedule.derive(cfg.train, cfg.optim, epoch_samples, accelerator.num_processes)
     trainer = Trainer(task, cfg.train, cfg.optim, sched, accelerator, start_run(accelerator, cfg, "tb"))
     start = trainer.resume()
