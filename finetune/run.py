@@ -29,6 +29,7 @@ import torch  # noqa: E402
 import mvit  # noqa: E402
 from finetune import evaluate  # noqa: E402
 from finetune.classify import Classification  # noqa: E402
+from pretrain.init import no_init, report_init  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
                               build_backbone, describe, entry_point, find_shards, full_state_dict, setup,
                               start_run, unsharded)
@@ -102,8 +103,8 @@ class FinetuneConfig:
 def load_init(model, cfg: FinetuneConfig, accelerator) -> None:
     """Load cfg.init into the model; prints the report. Finetuning expects a new head and
     leftover pretraining keys; evaluation demands the complete classifier."""
-    if not cfg.init or cfg.init.lower() in ("none", "scratch"):
-        accelerator.print("init: none (training from scratch)")
+    if no_init(cfg.init):
+        report_init(None, cfg.init, cfg.train.output_dir, accelerator)
         return
     path = Path(cfg.init)
     if path.is_dir():  # a checkpoint folder of this stage: the task's state, model under "model."
@@ -117,11 +118,8 @@ def load_init(model, cfg: FinetuneConfig, accelerator) -> None:
         source = str(path)
     training = not (cfg.eval_only or cfg.frozen_eval)
     report = mvit.load_pretrained(model, source, allow_new_head=training or cfg.frozen_eval,
-                                  allow_pretraining_keys=True, strict=not cfg.allow_mismatch)  # logs its summary
-    if accelerator.is_main_process:
-        out = Path(cfg.train.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "init_report.json").write_text(json.dumps({"init": cfg.init, **vars(report)}, indent=2))
+                                  allow_pretraining_keys=True, strict=not cfg.allow_mismatch, name=cfg.init)
+    report_init(report, cfg.init, cfg.train.output_dir, accelerator)
 
 
 def eval_loader(cfg: FinetuneConfig, urls: str, accelerator, *, clips: int, crops: int):

@@ -1,20 +1,26 @@
-"""Loading foreign and own MViTv2 weights: detect the format, convert key names, fit shapes.
+"""Loading foreign and own MViTv2 / MViTv1 weights: detect the format, convert key names, fit shapes.
 
 Formats (see shared key-name table in the project docs):
 - "flat": our own safetensors and the reference layouts that use flat `blocks.i` names —
-  SlowFast `.pyth` (supervised MViTv2, MaskFeat pretraining / finetuning; a dict with
-  `model_state`) and facebookresearch/mvit image checkpoints (`head.projection`).
-- "torchvision": `torchvision.models.video.mvit_v2_s` state dicts.
+  SlowFast `.pyth` (supervised MViTv2 and MViTv1, with one qkv or three q / k / v Linears;
+  MaskFeat pretraining / finetuning; a dict with `model_state`) and facebookresearch/mvit
+  image checkpoints (`head.projection`).
+- "slowfast-image": SlowFast ImageNet `.pyth` (`configs/ImageNet/MVIT*.yaml`, PATCH_2D): flat
+  names and a 2-D patch embed, but 3-D pooling kernels of one frame (kernel (1, 3, 3)).
+- "torchvision": `torchvision.models.video.mvit_v2_s` / `mvit_v1_b` state dicts.
 - "timm": timm `mvitv2_*` state dicts (`stages.s.blocks.j`).
 
-Fitting: rel-pos tables of another length are resized by linear interpolation; an image
-checkpoint meeting a video model is inflated 2D -> 3D (MViTv2 paper rule, see `inflate`);
-everything else must match, unless a flag allows a new head or leftover pretraining keys.
+Fitting: rel-pos tables of another length are resized by linear interpolation, absolute
+position embeddings of another grid by `resize_pos_embed`; an image checkpoint meeting a video
+model is inflated 2D -> 3D (MViTv2 paper rule, see `inflate`); everything else must match,
+unless a flag allows a new head or leftover pretraining keys. An MViTv1 checkpoint (position
+embeddings) meeting an MViTv2 model (rel-pos tables), or the reverse, is one error naming that.
 External files are read with `torch.load(weights_only=True)`; ours with safetensors.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,13 +28,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .model import resize_rel_pos
+from .model import resize_pos_embed, resize_rel_pos
 
 log = logging.getLogger(__name__)
 
 # keys that only a MaskFeat pretraining checkpoint has (reference `MaskMViT` and ours)
 PRETRAINING_KEYS = re.compile(r"^(mask_token|pred_head\.|hogs\.)")
 HEAD_KEYS = re.compile(r"^(head\.|norm\.)")
+POOL_KERNEL = re.compile(r"\.attn\.pool_[qkv]\.weight$")
+SEPARATE_Q = re.compile(r"^(blocks\.\d+\.attn)\.q\.(weight|bias)$")
 
 
 class CheckpointError(ValueError):
@@ -99,17 +107,25 @@ def detect_format(sd: dict[str, torch.Tensor]) -> str:
         return "torchvision"
     if any(k.startswith("stages.") for k in sd):
         return "timm"
+    if sd.get("patch_embed.proj.weight", torch.empty(0)).dim() == 4 and any(
+            POOL_KERNEL.search(k) and v.dim() == 5 for k, v in sd.items()):
+        return "slowfast-image"
     if "patch_embed.proj.weight" in sd or any(k.startswith("blocks.") for k in sd):
         return "flat"
     raise CheckpointError(f"unrecognised checkpoint layout (first keys: {_short(sorted(sd), 3)})")
+
+
+# torchvision keeps the class token and MViTv1's position tables without the batch dim
+_TORCHVISION_POS = {"pos_encoding.class_token": "cls_token", "pos_encoding.class_pos": "pos_embed_class",
+                    "pos_encoding.spatial_pos": "pos_embed_spatial", "pos_encoding.temporal_pos": "pos_embed_temporal"}
 
 
 def _from_torchvision(sd):
     out = {}
     for k, v in sd.items():
         k = k.replace("conv_proj.", "patch_embed.proj.")
-        if k == "pos_encoding.class_token":
-            k, v = "cls_token", v.reshape(1, 1, -1)
+        if k in _TORCHVISION_POS:
+            k, v = _TORCHVISION_POS[k], v.reshape(1, -1, v.shape[-1])  # (D,) / (N, D) -> (1, N, D)
         k = k.replace("attn.project.0.", "attn.proj.")
         k = re.sub(r"attn\.pool_([qkv])\.pool\.", r"attn.pool_\1.", k)
         k = re.sub(r"attn\.pool_([qkv])\.norm_act\.0\.", r"attn.norm_\1.", k)
@@ -140,10 +156,24 @@ def _from_timm(sd):
 
 
 def _from_flat(sd):
-    return {k.replace("head.projection.", "head."): v for k, v in sd.items()}
+    out = {k.replace("head.projection.", "head."): v for k, v in sd.items()}
+    # SlowFast's MViTv1 code of 2021 (and SEPARATE_QKV later) has three Linears attn.q / k / v, applied
+    # before the pools as one qkv Linear is (POOL_FIRST off in every MViT config): stack their rows
+    for key in [k for k in out if SEPARATE_Q.match(k)]:
+        attn, kind = SEPARATE_Q.match(key).groups()
+        if all(f"{attn}.{x}.{kind}" in out for x in "kv"):
+            out[f"{attn}.qkv.{kind}"] = torch.cat([out.pop(f"{attn}.{x}.{kind}") for x in "qkv"])
+    return out
 
 
-CONVERTERS = {"torchvision": _from_torchvision, "timm": _from_timm, "flat": _from_flat}
+def _from_slowfast_image(sd):
+    # an image model's pools are Conv3d with a one-frame kernel (1, kh, kw) there: make them 2-D
+    return {k: v[:, :, 0] if POOL_KERNEL.search(k) and v.dim() == 5 and v.shape[2] == 1 else v
+            for k, v in _from_flat(sd).items()}
+
+
+CONVERTERS = {"torchvision": _from_torchvision, "timm": _from_timm, "flat": _from_flat,
+              "slowfast-image": _from_slowfast_image}
 
 
 def convert_state_dict(sd: dict[str, torch.Tensor], source_format: str | None = None):
@@ -173,6 +203,37 @@ def inflate(weight_2d: torch.Tensor, target_shape: torch.Size, mode: str) -> tor
     raise ValueError(f"inflation mode must be 'mean' or 'center', not {mode!r}")
 
 
+def fit_pos_embed(name: str, table: torch.Tensor, model: nn.Module) -> torch.Tensor | None:
+    """A checkpoint's absolute position table (1, [prefix +] N, D) resized to the model's token grid
+    (`resize_pos_embed`), or None when it cannot be. The source's spatial grid is taken to be
+    square, as the reference's crops are (SlowFast asserts it)."""
+    if table.dim() != 3 or not hasattr(model, "cfg"):
+        return None
+    grid = model.patch_grid(model.cfg.input_size)
+    if name == "pos_embed_temporal":
+        return resize_pos_embed(table, table.shape[1:2], grid[:1])
+    if name not in ("pos_embed_spatial", "pos_embed") or (name == "pos_embed" and len(grid) != 2):
+        return None  # (a joint (t, h, w) table of a video: its t is unknown)
+    prefix = model.num_prefix_tokens if name == "pos_embed" else 0
+    n = table.shape[1] - prefix
+    side = math.isqrt(max(n, 0))
+    if side * side != n:
+        return None
+    return torch.cat([table[:, :prefix], resize_pos_embed(table[:, prefix:], (side, side), grid[-2:])], 1)
+
+
+GENERATIONS = {"v1": "MViTv1 (absolute position embeddings, no rel-pos tables)",
+               "v2": "MViTv2 (rel-pos tables, no absolute position embeddings)"}
+
+
+def generation(keys) -> str | None:
+    """The MViT generation a set of keys belongs to: v1 has position embeddings and no rel-pos
+    tables, v2 the reverse; None for both or neither."""
+    abs_pos = any(k.startswith("pos_embed") for k in keys)
+    rel_pos = any(".rel_pos_" in k for k in keys)
+    return "v1" if abs_pos and not rel_pos else "v2" if rel_pos and not abs_pos else None
+
+
 def load_pretrained(
     model: nn.Module,
     checkpoint: str | os.PathLike | dict,
@@ -183,39 +244,51 @@ def load_pretrained(
     patch_inflation: str = "center",
     pool_inflation: str = "center",
     strict: bool = True,
+    name: str | None = None,
 ) -> LoadReport:
     """Load a checkpoint (path or state dict) of any supported format into `model`.
 
-    allow_new_head: head / final norm may be missing or of another shape (they keep their init).
-    allow_pretraining_keys: mask token, MaskFeat prediction head and HOG buffers are dropped.
+    allow_new_head: head / final norm may be missing, of another shape (they keep their init) or
+    absent from the model (dropped).
+    allow_pretraining_keys: mask token, MaskFeat prediction head and HOG buffers are dropped; a
+    model's mask token missing from the checkpoint keeps its init.
     patch_inflation / pool_inflation: how 2D kernels become 3D (see `inflate`). The default
     "center" for the patch embed keeps a static clip's output equal to the image model's even
     at the first temporal token, whose window reaches into the zero padding; "mean" is the
     paper's rule and gives that token 2/3 of the response.
     strict=False turns every mismatch into a report entry instead of an error.
+    name: what messages call the checkpoint (default: its path, or "state dict").
     Returns a LoadReport (also logged); raises CheckpointError with one line on a misfit.
     """
-    where = os.fspath(checkpoint) if not isinstance(checkpoint, dict) else "state dict"
+    where = name or (os.fspath(checkpoint) if not isinstance(checkpoint, dict) else "state dict")
     sd = read_state_dict(checkpoint) if not isinstance(checkpoint, dict) else unwrap_state_dict(checkpoint)
     sd, fmt = convert_state_dict(sd, source_format)
     report = LoadReport(fmt)
     target = model.state_dict()
+    src_gen, model_gen = generation(sd), generation(target)
+    if strict and src_gen and model_gen and src_gen != model_gen:
+        raise CheckpointError(f"{where} ({fmt}) is an {GENERATIONS[src_gen]} checkpoint, but the model is "
+                              f"{GENERATIONS[model_gen]}: load it into an mvit{src_gen}_* model")
     out: dict[str, torch.Tensor] = {}
     mismatched: list[str] = []
 
     for k, v in sd.items():
         if k not in target:
-            if allow_pretraining_keys and PRETRAINING_KEYS.match(k):
+            if (allow_pretraining_keys and PRETRAINING_KEYS.match(k)) or (allow_new_head and HEAD_KEYS.match(k)):
                 report.dropped.append(k)
             else:
                 report.unexpected.append(k)
             continue
         want = target[k].shape
+        fitted = fit_pos_embed(k, v.float(), model) if k.startswith("pos_embed") and v.shape != want else None
         if v.shape == want:
             out[k] = v
             report.converted += 1
         elif "rel_pos" in k and v.dim() == 2 and v.shape[1] == want[1]:
             out[k] = resize_rel_pos(v.float(), want[0]).to(v.dtype)
+            report.interpolated.append(k)
+        elif fitted is not None and fitted.shape == want:
+            out[k] = fitted.to(v.dtype)
             report.interpolated.append(k)
         elif v.dim() == 4 and len(want) == 5 and v.shape[:2] == want[:2] and v.shape[2:] == want[3:]:
             mode = patch_inflation if k.startswith("patch_embed") else pool_inflation
@@ -236,9 +309,9 @@ def load_pretrained(
     problems = []
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_short(mismatched, 3)}")
-    fresh_ok = re.compile(r"^(head\.|norm\.)") if allow_new_head else None
     bad_missing = [k for k in report.missing
-                   if not (fresh_ok and fresh_ok.match(k))
+                   if not (allow_new_head and HEAD_KEYS.match(k))
+                   and not (allow_pretraining_keys and PRETRAINING_KEYS.match(k))
                    and not (report.inflated and k == "cls_token")]  # image models without a class token
     if bad_missing:
         problems.append(f"{len(bad_missing)} missing key(s): {_short(bad_missing)}")

@@ -1,8 +1,8 @@
-"""MViTv2 for images (B, 3, H, W) and videos (B, 3, T, H, W): one implementation.
+"""MViTv2 (and MViTv1) for images (B, 3, H, W) and videos (B, 3, T, H, W): one implementation.
 
 Exact to the reference implementations (facebookresearch/SlowFast `video_model_builder.py`
-+ `attention.py`, torchvision `mvit_v2_s`, timm `mvitv2_*`): the equivalence tests in
-tests/test_mvit_reference.py load their random-init weights and compare logits.
++ `attention.py`, torchvision `mvit_v2_s` / `mvit_v1_b`, timm `mvitv2_*`): the equivalence
+tests in tests/test_mvit_reference.py load their random-init weights and compare logits.
 
 Order of this file (timm style): architecture config -> helpers -> PatchEmbed ->
 MultiScaleAttention -> MultiScaleBlock -> MViT.
@@ -37,7 +37,10 @@ class MViTConfig:
     patch_kernel: Grid = (3, 7, 7)
     patch_stride: Grid = (2, 4, 4)
     patch_padding: Grid = (1, 3, 3)
-    pool_kernel: Grid = (3, 3, 3)  # depthwise conv pooling of q, k, v in every block
+    # depthwise conv pooling of q, k, v; None: stride + 1 along axes with a stride > 1, else 1, per
+    # pool (SlowFast without POOL_KVQ_KERNEL, e.g. MViTv1-B 32x3: kv kernel (1, 9, 9) at stride (1, 8, 8))
+    pool_kernel: Grid | None = (3, 3, 3)
+    pool_q_every_block: bool = True  # MViTv2 pools q in every block; MViTv1 only where q has a stride
     # q stride of the first block of stages 2, 3, ... (MaskFeat pretraining sets the last to 1s)
     stage_q_strides: tuple[Grid, ...] = ((1, 2, 2), (1, 2, 2), (1, 2, 2))
     kv_stride: Grid = (1, 8, 8)  # kv stride of block 0; divided by every q stride after it
@@ -62,7 +65,7 @@ class MViTConfig:
     def __post_init__(self):
         n = 3 if self.video else 2
         for name in ("input_size", "patch_kernel", "patch_stride", "patch_padding", "pool_kernel", "kv_stride"):
-            if len(getattr(self, name)) != n:
+            if getattr(self, name) is not None and len(getattr(self, name)) != n:
                 raise ValueError(f"MViTConfig.{name} needs {n} values for a {'video' if self.video else 'image'} model")
         if len(self.stage_q_strides) != len(self.depths) - 1:
             raise ValueError("MViTConfig.stage_q_strides needs one stride per stage after the first")
@@ -79,6 +82,12 @@ class MViTConfig:
         """Token grid after the patch embed for an input of `size` ((T,) H, W)."""
         return tuple((s + 2 * p - k) // st + 1 for s, k, st, p in
                      zip(size, self.patch_kernel, self.patch_stride, self.patch_padding))
+
+    def pool_kernel_for(self, stride: Grid) -> Grid:
+        """The kernel of a q / kv pool with this stride (SlowFast: stride + 1 when unset)."""
+        if self.pool_kernel is not None:
+            return tuple(self.pool_kernel)
+        return tuple(s + 1 if s > 1 else s for s in stride)
 
     def block_layout(self) -> list[dict]:
         """Per block: dim_in, dim_out, heads, q stride, kv stride (reference schedule).
@@ -111,6 +120,20 @@ class MViTConfig:
 def pooled_grid(grid: Grid, kernel: Grid, stride: Grid) -> Grid:
     """Grid after a pooling with padding kernel // 2 (the reference convention)."""
     return tuple((g + 2 * (k // 2) - k) // s + 1 for g, k, s in zip(grid, kernel, stride))
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: Grid, new_grid: Grid) -> torch.Tensor:
+    """Absolute position embedding (1, prod(grid), D) over a token grid -> (1, prod(new_grid), D).
+
+    Spatial (h, w) tables are resized bicubically (as MAE / timm resize ViT tables), temporal (t,)
+    tables linearly, joint (t, h, w) tables trilinearly (SlowFast `_get_pos_embed`).
+    """
+    if tuple(grid) == tuple(new_grid):
+        return pos
+    mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[len(grid)]
+    table = pos.reshape(1, *grid, -1).movedim(-1, 1)  # (1, D, *grid)
+    table = F.interpolate(table, size=tuple(new_grid), mode=mode, align_corners=False)
+    return table.flatten(2).transpose(1, 2)  # (1, prod(new_grid), D)
 
 
 def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -297,15 +320,17 @@ class MultiScaleAttention(nn.Module):
         self.proj = nn.Linear(dim_out, dim_out)
 
         conv = nn.Conv3d if cfg.video else nn.Conv2d
-        kernel, pad = cfg.pool_kernel, tuple(k // 2 for k in cfg.pool_kernel)
 
         def make_pool(stride):  # a pool exists when the kernel or the stride is larger than 1
+            kernel = cfg.pool_kernel_for(stride)
             if math.prod(kernel) == 1 and math.prod(stride) == 1:
                 return None, None
+            pad = tuple(k // 2 for k in kernel)
             pool = conv(self.head_dim, self.head_dim, kernel, stride, pad, groups=self.head_dim, bias=False)
             return pool, nn.LayerNorm(self.head_dim, eps=cfg.norm_eps)
 
-        self.pool_q, self.norm_q = make_pool(q_stride)
+        pool_q = cfg.pool_q_every_block or math.prod(q_stride) > 1
+        self.pool_q, self.norm_q = make_pool(q_stride) if pool_q else (None, None)
         self.pool_k, self.norm_k = make_pool(kv_stride)
         self.pool_v, self.norm_v = make_pool(kv_stride)
         self.q_stride, self.kv_stride = q_stride, kv_stride
@@ -408,7 +433,7 @@ class MultiScaleBlock(nn.Module):
 
 
 class MViT(nn.Module):
-    """MViTv2 backbone + classification head.
+    """MViTv2 (or MViTv1: absolute position embeddings, no rel-pos) backbone + classification head.
 
     Interface shared with timm models: forward_features, forward_head(pre_logits=...),
     set_grad_checkpointing, no_weight_decay, group_matcher (timm layer decay), plus
@@ -500,33 +525,27 @@ class MViT(nn.Module):
         """Token grid of forward_features' output for an input of size ((T,) H, W)."""
         grid = self.patch_grid(size)
         for blk in self.blocks:
-            grid = pooled_grid(grid, self.cfg.pool_kernel, blk.attn.q_stride)
+            grid = pooled_grid(grid, self.cfg.pool_kernel_for(blk.attn.q_stride), blk.attn.q_stride)
         return grid
 
     # ------------------------------------------------------------------ forward
 
     def _add_abs_pos(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """x: (B, prefix + N, D); resizes the tables when the grid differs from the config's."""
-        if self.pos_embed_spatial is not None:
-            t, h, w = grid
-            g = self.cfg.patch_grid(self.cfg.input_size)
-            sp = self.pos_embed_spatial.reshape(1, g[1], g[2], -1).permute(0, 3, 1, 2)
-            if (h, w) != (g[1], g[2]):
-                sp = F.interpolate(sp, size=(h, w), mode="bicubic", align_corners=False)
-            sp = sp.flatten(2).transpose(1, 2)  # (1, h·w, D)
-            tp = resize_rel_pos(self.pos_embed_temporal[0], t)[None]  # (1, t, D)
-            pos = (sp[:, None] + tp[:, :, None]).flatten(1, 2)  # (1, t·h·w, D)
+        """x: (B, prefix + N, D); resizes the tables when the grid differs from the config's
+        (resize_pos_embed: spatial bicubic, temporal linear)."""
+        g = self.cfg.patch_grid(self.cfg.input_size)
+        if self.pos_embed_spatial is not None:  # MViTv1 video: table(t, h, w) = temporal(t) + spatial(h, w)
+            sp = resize_pos_embed(self.pos_embed_spatial, g[1:], grid[1:])  # (1, h·w, D)
+            tp = resize_pos_embed(self.pos_embed_temporal, g[:1], grid[:1])  # (1, t, D)
+            pos = (sp[:, None] + tp[:, :, None]).flatten(0, 2)  # (t·h·w, D)
             if self.pos_embed_class is not None:
-                pos = torch.cat([self.pos_embed_class, pos], 1)
+                # concatenated as rows: a (1, 1, D) slice of the (1, 1 + N, D) gradient would reach the
+                # parameter with other strides, which DDP reports ("grad strides do not match")
+                pos = torch.cat([self.pos_embed_class.view(1, -1), pos])  # (1 + t·h·w, D)
             return x + pos
         if self.pos_embed is not None:
-            p, g = self.num_prefix_tokens, self.cfg.patch_grid(self.cfg.input_size)
-            pos = self.pos_embed
-            if tuple(grid) != g:
-                patch = pos[:, p:].reshape(1, *g, -1).movedim(-1, 1)
-                patch = F.interpolate(patch, size=grid, mode="bicubic", align_corners=False)
-                pos = torch.cat([pos[:, :p], patch.flatten(2).transpose(1, 2)], 1)
-            return x + pos
+            p = self.num_prefix_tokens
+            return x + torch.cat([self.pos_embed[:, :p], resize_pos_embed(self.pos_embed[:, p:], g, grid)], 1)
         return x
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

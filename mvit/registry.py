@@ -1,8 +1,10 @@
-"""Named MViTv2 architectures and `create_model` / `list_models`.
+"""Named MViTv2 / MViTv1 architectures and `create_model` / `list_models`.
 
 Image variants mirror timm's `mvitv2_*` (facebookresearch/mvit ImageNet models); video
 variants mirror the SlowFast Kinetics configs (`configs/Kinetics/MVITv2_*.yaml`) and the
-MaskFeat configs (`configs/masked_ssl/k400_MVITv2_*_16x4_{FT,MaskFeat_PT}.yaml`).
+MaskFeat configs (`configs/masked_ssl/k400_MVITv2_*_16x4_{FT,MaskFeat_PT}.yaml`). MViTv1:
+SlowFast `configs/Kinetics/MVIT_B_{16x4,32x3}_CONV.yaml` (16x4 = torchvision `mvit_v1_b`) and
+`configs/ImageNet/MVIT_B_16_CONV.yaml`.
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ _VIDEO = dict(head_dropout=0.5)  # supervised Kinetics: class-token head, dropou
 # MaskFeat finetune form: widen in the MLP, mean-pool head (mean -> norm), tiny head init
 _MASKFEAT = dict(dim_mul_in_att=False, global_pool="avg", fc_norm=True, head_init_scale=0.001)
 _L = dict(depths=(2, 6, 36, 4), embed_dim=144, num_heads=2)
+# MViTv1: absolute position embeddings (separate space / time / class tables for videos, one table
+# for images), no rel-pos, no residual pooling, widening in the MLP, q pooled only at stage starts
+_V1 = dict(abs_pos=True, rel_pos=False, residual_pooling=False, residual_pooling_cls=False,
+           dim_mul_in_att=False, pool_q_every_block=False)
 
 _CONFIGS: dict[str, MViTConfig] = {
     # image (timm structure and parameter counts)
@@ -38,6 +44,11 @@ _CONFIGS: dict[str, MViTConfig] = {
     # video, MaskFeat (finetune form; pretraining=True gives the pretraining form)
     "mvitv2_s_16x4_maskfeat": MViTConfig(depths=(1, 2, 11, 2), drop_path_rate=0.1, **_MASKFEAT),
     "mvitv2_l_16x4_maskfeat": MViTConfig(**_L, drop_path_rate=0.2, **_MASKFEAT),
+    # MViTv1-B: Kinetics-400 (16x4: pooling kernel 3x3x3; 32x3: no POOL_KVQ_KERNEL, so stride + 1) and ImageNet
+    "mvitv1_b_16x4": MViTConfig(depths=(1, 2, 11, 2), drop_path_rate=0.2, **_V1, **_VIDEO),
+    "mvitv1_b_32x3": MViTConfig(depths=(2, 3, 16, 3), input_size=(32, 224, 224), pool_kernel=None,
+                                drop_path_rate=0.3, **_V1, **_VIDEO),
+    "mvitv1_b_16": MViTConfig(depths=(1, 2, 11, 2), drop_path_rate=0.1, **{**_IMAGE, **_V1}),
     # a 1.7M-parameter MaskFeat MViTv2 for the CPU demo (8×96² clips)
     "mvitv2_demo_8x2_maskfeat": MViTConfig(depths=(1, 2, 3, 1), embed_dim=32, input_size=(8, 96, 96),
                                            num_classes=12, **_MASKFEAT),

@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # `accelerate launch pretrain/run.py` runs this f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mvit  # noqa: E402
+from pretrain.init import load_pretraining_init, report_init  # noqa: E402
 from pretrain.maskfeat import MaskFeat  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
                               build_backbone, describe, entry_point, find_shards, full_state_dict, setup,
@@ -58,6 +59,10 @@ class MaskConfig:
 
 @dataclass
 class PretrainConfig:
+    init: Optional[str] = field(default=None, metadata={
+        "help": "weights to start from (a resumed run loads its checkpoint over them): our encoder export, a "
+                "pretraining checkpoint folder, a SlowFast MaskFeat .pyth (with its HOG head), a supervised or "
+                "an image checkpoint (inflated); null / 'none': from scratch"})
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -130,7 +135,8 @@ def load_task(output_dir: str | Path, step: int | None = None) -> tuple[MaskFeat
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     cfg, accelerator = setup(PretrainConfig, argv, "accelerate launch pretrain/run.py", __doc__)
-    task = build_task(cfg)  # first: a setting that does not fit the model stops before any data work
+    task = build_task(cfg)  # first: a setting or init that does not fit the model stops before any data work
+    report_init(load_pretraining_init(task, cfg.init), cfg.init, cfg.train.output_dir, accelerator)
     shards = find_shards(cfg.data.train, "", cfg.data.demo_root, accelerator, demo_split="pretrain")
     urls = shards.train
     epoch_samples = cfg.data.epoch_samples or shards.total

@@ -1,10 +1,10 @@
-"""Convert a reference / foreign MViTv2 checkpoint into our safetensors format.
+"""Convert a reference / foreign MViTv2 or MViTv1 checkpoint into our safetensors format.
 
     python scripts/convert_checkpoint.py SRC DST --model NAME [--pretraining] [--num-classes N]
 
-SRC: SlowFast `.pyth` (supervised or MaskFeat), torchvision `mvit_v2_s` state dict, timm
-`mvitv2_*` state dict, facebookresearch/mvit image checkpoint, or our safetensors. An image
-checkpoint with a video --model is inflated 2D -> 3D. DST gets the weights plus the model
+SRC: SlowFast `.pyth` (supervised MViTv2 / MViTv1, MaskFeat, ImageNet image models), torchvision
+`mvit_v2_s` / `mvit_v1_b` state dict, timm `mvitv2_*` state dict, facebookresearch/mvit image
+checkpoint, or our safetensors. An image checkpoint with a video --model is inflated 2D -> 3D. DST gets the weights plus the model
 config as metadata, so `mvit.model_from_safetensors(DST)` rebuilds the model.
 """
 from __future__ import annotations

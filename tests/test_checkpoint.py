@@ -29,12 +29,21 @@ def slowfast_style(model, **extra):
     return {"model_state": {**sd, **extra}, "epoch": 300, "cfg": "MVIT:\n  DEPTH: 5\n"}
 
 
-def test_slowfast_pyth_round_trip(tmp_path):
+@pytest.mark.parametrize("name, separate_qkv", [("mvitv2_s_16x4", False), ("mvitv1_b_16x4", False),
+                                                ("mvitv1_b_16x4", True), ("mvitv1_b_32x3", False)])
+def test_slowfast_pyth_round_trip(tmp_path, name, separate_qkv):
+    """separate_qkv: SlowFast's MViTv1 code of 2021 kept attn.q / attn.k / attn.v Linears."""
     torch.manual_seed(0)
-    src = tiny()
+    src = tiny(name)
+    ckpt = slowfast_style(src)
+    if separate_qkv:
+        state = ckpt["model_state"]
+        for k in [k for k in state if ".attn.qkv." in k]:
+            for part, value in zip("qkv", state.pop(k).chunk(3)):
+                state[k.replace(".qkv.", f".{part}.")] = value
     path = tmp_path / "ref.pyth"
-    torch.save(slowfast_style(src), path)
-    dst = tiny()
+    torch.save(ckpt, path)
+    dst = tiny(name)
     report = mvit.load_pretrained(dst, path)
     assert report.source_format == "flat" and report.converted == len(dst.state_dict())
     same_outputs(src, dst)
@@ -71,6 +80,19 @@ def test_maskfeat_pretraining_checkpoint_into_finetune_model(tmp_path):
     # the block after the restored q stride sees a 2×2 instead of a 4×4 grid: 7 rows -> 3
     assert report.interpolated == [f"blocks.5.attn.rel_pos_{a}" for a in "hw"]
     torch.testing.assert_close(ft.blocks[0].attn.qkv.weight, pt.blocks[0].attn.qkv.weight)
+
+
+@pytest.mark.parametrize("src, dst", [("mvitv1_b_16x4", "mvitv2_s_16x4"), ("mvitv2_s_16x4", "mvitv1_b_16x4")])
+def test_mvitv1_and_mvitv2_checkpoints_do_not_mix(tmp_path, src, dst):
+    """Same block shapes, other position encoding: one line naming it, not a wall of missing keys."""
+    path = tmp_path / "other.pyth"
+    torch.save(slowfast_style(tiny(src)), path)
+    with pytest.raises(CheckpointError) as e:
+        mvit.load_pretrained(tiny(dst), path)
+    msg = str(e.value)
+    assert "\n" not in msg and "missing" not in msg and "other.pyth" in msg
+    v1, v2 = "MViTv1 (absolute position embeddings, no rel-pos tables)", "MViTv2 (rel-pos tables"
+    assert msg.index(v1 if src.startswith("mvitv1") else v2) < msg.index(v2 if src.startswith("mvitv1") else v1)
 
 
 def test_new_head_needs_the_flag():
@@ -162,18 +184,27 @@ def test_convert_script_torchvision_to_safetensors(tmp_path):
     torch.testing.assert_close(model.cls_token.flatten(), ref.pos_encoding.class_token)
 
 
-def test_facebookresearch_mvit_image_checkpoint_inflates_into_video_model(tmp_path):
-    """facebookresearch/mvit image checkpoints: flat `blocks.i` names, `head.projection`,
-    2-D kernels, wrapped in `model_state`."""
+@pytest.mark.parametrize("layout", ["flat", "slowfast-image"])
+def test_image_checkpoint_inflates_into_video_model(tmp_path, layout):
+    """Image MViTv2 `.pyth` files, wrapped in `model_state`, flat `blocks.i` names, `head.projection`:
+    facebookresearch/mvit ("flat": 2-D kernels) and SlowFast configs/ImageNet/MVITv2_*.yaml
+    ("slowfast-image": 2-D patch embed, pools Conv3d with a one-frame kernel (hd, 1, 1, 3, 3)).
+    The image model loads them as they are; a video model inflates them, and a static clip then
+    gives the image model's output."""
     torch.manual_seed(0)
-    image = mvit.create_model("mvitv2_tiny", depths=(1, 2, 1, 1), embed_dim=8, input_size=(64, 64),
-                              num_classes=5).eval()
+    arch = dict(depths=(1, 2, 1, 1), embed_dim=8, num_classes=5)
+    image = mvit.create_model("mvitv2_tiny", input_size=(64, 64), **arch).eval()
     sd = {k.replace("head.", "head.projection."): v for k, v in image.state_dict().items()}
+    if layout == "slowfast-image":
+        sd = {k: v[:, :, None] if ".attn.pool_" in k else v for k, v in sd.items()}
     path = tmp_path / "MViTv2_T_in1k.pyth"
     torch.save({"model_state": sd, "epoch": 300}, path)
+    again = mvit.create_model("mvitv2_tiny", input_size=(64, 64), **arch).eval()
+    assert mvit.load_pretrained(again, path).converted == len(again.state_dict())
+    same_outputs(image, again, (64, 64))
     video = tiny(cls_token=False, global_pool="avg", kv_stride=(1, 4, 4), head_dropout=0.0)
     report = mvit.load_pretrained(video, path)
-    assert report.source_format == "flat" and "blocks.0.attn.pool_k.weight" in report.inflated
+    assert report.source_format == layout and "blocks.0.attn.pool_k.weight" in report.inflated
     img = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(video(img[:, :, None].expand(-1, -1, 4, -1, -1)), image(img), atol=1e-4, rtol=0)

@@ -41,7 +41,8 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
         assert p.grad.stride() == p.stride(), f"{k}: grad strides {p.grad.stride()} vs {p.stride()}"
 
 
-@pytest.mark.parametrize("name", ["mvitv2_s_16x4", "mvitv2_s_16x4_maskfeat", "mvitv2_tiny", "mvitv2_small_cls"])
+@pytest.mark.parametrize("name", ["mvitv2_s_16x4", "mvitv2_s_16x4_maskfeat", "mvitv2_tiny", "mvitv2_small_cls",
+                                  "mvitv1_b_16x4", "mvitv1_b_32x3", "mvitv1_b_16"])
 def test_gradient_checkpointing_leaves_outputs_and_grads_unchanged(name):
     torch.manual_seed(0)
     model = tiny(name).eval()
@@ -58,9 +59,10 @@ def test_gradient_checkpointing_leaves_outputs_and_grads_unchanged(name):
         torch.testing.assert_close(p.grad, ref_grads[k], msg=k)
 
 
+@pytest.mark.parametrize("name", ["mvitv2_s_16x4", "mvitv1_b_16x4", "mvitv1_b_32x3"])
 @pytest.mark.parametrize("size", [(4, 64, 64), (2, 64, 48), (8, 32, 64), (6, 48, 48)])
-def test_video_sizes_the_strides_divide(size):
-    model = tiny("mvitv2_s_16x4").eval()
+def test_video_sizes_the_strides_divide(name, size):
+    model = tiny(name).eval()
     x = inputs(model, size)
     feats = model.forward_features(x)
     t, h, w = model.feature_grid(size)
@@ -68,12 +70,13 @@ def test_video_sizes_the_strides_divide(size):
     assert model(x).shape == (2, 5)
 
 
+@pytest.mark.parametrize("name", ["mvitv2_tiny", "mvitv1_b_16"])
 @pytest.mark.parametrize("size", [(32, 32), (64, 48), (96, 96)])
-def test_image_sizes(size):
-    model = tiny("mvitv2_tiny").eval()
+def test_image_sizes(name, size):
+    model = tiny(name).eval()
     feats = model.forward_features(inputs(model, size))
     h, w = model.feature_grid(size)
-    assert feats.shape == (2, h * w, model.num_features)
+    assert feats.shape == (2, model.num_prefix_tokens + h * w, model.num_features)
 
 
 def test_rel_pos_tables_resized_when_loading_weights_made_for_another_size():
@@ -166,14 +169,39 @@ def test_head_init_scale_and_drop_path_schedule():
     assert all(x <= y for x, y in zip(rates, rates[1:]))
 
 
-def test_abs_pos_option_mvitv1_style():
-    model = tiny("mvitv2_s_16x4", abs_pos=True).eval()
-    assert model.pos_embed_spatial.shape == (1, 16 * 16, model.cfg.embed_dim)
-    assert model.pos_embed_temporal.shape == (1, 2, model.cfg.embed_dim)
-    assert model(torch.randn(1, 3, 8, 32, 32)).shape == (1, 5)  # resized to another grid
-    image = tiny("mvitv2_tiny", abs_pos=True).eval()
-    assert image.pos_embed.shape == (1, 256, image.cfg.embed_dim)
-    assert image(torch.randn(1, 3, 48, 48)).shape == (1, 5)
+def test_mvitv1_position_embeddings_are_resized_spatial_bicubic_temporal_linear():
+    """Separate space / time / class tables (SlowFast SEP_POS_EMBED, torchvision mvit_v1_b): on another
+    grid the spatial table is resized bicubically, the temporal one linearly, the class one kept."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    model = tiny("mvitv1_b_16x4").eval()
+    D = model.cfg.embed_dim
+    assert model.pos_embed_spatial.shape == (1, 16 * 16, D) and model.pos_embed_temporal.shape == (1, 2, D)
+    assert model.pos_embed_class.shape == (1, 1, D) and model.blocks[0].attn.rel_pos_h is None
+    grid = (3, 8, 12)
+    with torch.no_grad():
+        pos = model._add_abs_pos(torch.zeros(1, 1 + 3 * 8 * 12, D), grid)[0]  # (1 + N, D)
+        sp = F.interpolate(model.pos_embed_spatial.reshape(1, 16, 16, D).permute(0, 3, 1, 2), size=(8, 12),
+                           mode="bicubic", align_corners=False)  # (1, D, 8, 12)
+        tp = F.interpolate(model.pos_embed_temporal.transpose(1, 2), size=3, mode="linear")  # (1, D, 3)
+    want = (tp[0, :, :, None, None] + sp[0, :, None]).flatten(1).t()  # (t·h·w, D), t-major
+    torch.testing.assert_close(pos[0], model.pos_embed_class[0, 0].detach())
+    torch.testing.assert_close(pos[1:], want)
+
+
+@pytest.mark.parametrize("name", ["mvitv1_b_16x4", "mvitv1_b_16"])
+def test_position_embeddings_resized_when_loading_weights_made_for_another_size(name):
+    """Weights made for a small input loaded into a model made for a larger one (tables resized at
+    load) equal the small model run on the larger input (tables resized at run time)."""
+    torch.manual_seed(0)
+    video = mvit.get_config(name).video
+    small = tiny(name, input_size=(4, 32, 32) if video else (32, 32)).eval()
+    big = tiny(name, input_size=(8, 64, 48) if video else (64, 48)).eval()
+    report = mvit.load_pretrained(big, small.state_dict())
+    assert sorted(report.interpolated) == (["pos_embed_spatial", "pos_embed_temporal"] if video else ["pos_embed"])
+    x = torch.randn(1, 3, *big.cfg.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(big(x), small(x), atol=1e-5, rtol=0)
 
 
 def test_bad_config_is_named():

@@ -6,13 +6,18 @@ import torchvision
 
 import mvit
 
-# counts quoted in the project's design notes (torchvision / SlowFast / timm, 400 or 1000 classes)
+# counts quoted in the project's design notes (torchvision / SlowFast / timm, 400 or 1000 classes);
+# MViTv1: SlowFast's MViT built from configs/Kinetics/MVIT_B_{16x4,32x3}_CONV.yaml and
+# configs/ImageNet/MVIT_B_16_CONV.yaml (16x4 = torchvision mvit_v1_b)
 REFERENCE_PARAMS = {
     "mvitv2_s_16x4": 34_537_744,
     "mvitv2_b_32x3": 51_230_128,
     "mvitv2_l_40x3": 213_390_112,
     "mvitv2_s_16x4_maskfeat": 36_475_120,
     "mvitv2_l_16x4_maskfeat": 217_578_064,
+    "mvitv1_b_16x4": 36_610_672,
+    "mvitv1_b_32x3": 53_115_280,
+    "mvitv1_b_16": 36_982_600,
 }
 TIMM_NAMES = ["mvitv2_tiny", "mvitv2_small", "mvitv2_base", "mvitv2_large", "mvitv2_small_cls",
               "mvitv2_base_cls", "mvitv2_large_cls", "mvitv2_huge_cls"]
@@ -23,7 +28,7 @@ def n_params(model):
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
-def test_video_parameter_counts(name):
+def test_reference_parameter_counts(name):
     with torch.device("meta"):
         assert n_params(mvit.create_model(name)) == REFERENCE_PARAMS[name]
 
@@ -42,10 +47,11 @@ def test_mvitv2_huge_without_class_token():
         assert n_params(mvit.create_model("mvitv2_huge")) == n_params(mvit.create_model("mvitv2_huge_cls")) - 192
 
 
-def test_torchvision_mvit_v2_s_same_logits():
+@pytest.mark.parametrize("ref_name, name", [("mvit_v2_s", "mvitv2_s_16x4"), ("mvit_v1_b", "mvitv1_b_16x4")])
+def test_torchvision_same_logits(ref_name, name):
     torch.manual_seed(0)
-    ref = torchvision.models.video.mvit_v2_s().eval()
-    ours = mvit.create_model("mvitv2_s_16x4").eval()
+    ref = getattr(torchvision.models.video, ref_name)().eval()
+    ours = mvit.create_model(name).eval()
     report = mvit.load_pretrained(ours, ref.state_dict())
     assert report.source_format == "torchvision" and not report.missing and not report.unexpected
     x = torch.randn(1, 3, 16, 224, 224)
