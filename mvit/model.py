@@ -275,8 +275,10 @@ class _DepthwiseConv(torch.autograd.Function):
 
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, stride: Grid, padding: Grid) -> torch.Tensor:
-    """x: (B, C, (T,) H, W), weight (C, 1, *kernel) -> (B, C, *pooled grid); faster backward on CPU."""
-    if x.is_cpu and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    """x: (B, C, (T,) H, W), weight (C, 1, *kernel) -> (B, C, *pooled grid); faster backward on CPU
+    (not under autocast, whose casts the custom backward would not see)."""
+    if (x.is_cpu and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and (x.requires_grad or weight.requires_grad)):
         return _DepthwiseConv.apply(x, weight, tuple(stride), tuple(padding))
     conv = F.conv3d if x.dim() == 5 else F.conv2d
     return conv(x, weight, None, stride, padding, groups=x.shape[1])
@@ -578,5 +580,8 @@ class MViT(nn.Module):
             return x
         return self.head(self.head_drop(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, tokens: bool = False) -> torch.Tensor:
+        """-> logits (B, classes), or with tokens=True forward_features(x, mask)'s tokens. Tasks call
+        the model (not forward_features) so that `model.compile()`, which compiles calls, covers them."""
+        x = self.forward_features(x, mask)
+        return x if tokens else self.forward_head(x)

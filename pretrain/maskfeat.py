@@ -83,7 +83,7 @@ class MaskFeat(nn.Module):
 
     def forward_encoder(self, video: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """video (B, 3, T, H, W), units (B, *mask_grid) -> output tokens (B, t·h·w, D)."""
-        tokens = self.encoder.forward_features(video, mask=upsample_mask(units, self.patch_grid))
+        tokens = self.encoder(video, mask=upsample_mask(units, self.patch_grid), tokens=True)  # a call: compiled
         return tokens[:, self.encoder.num_prefix_tokens:]  # the class token predicts nothing
 
     @torch.no_grad()
