@@ -31,8 +31,8 @@ from finetune import evaluate  # noqa: E402
 from finetune.classify import Classification  # noqa: E402
 from pretrain.init import no_init, report_init  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
-                              build_backbone, describe, entry_point, find_shards, full_state_dict, setup,
-                              start_run, unsharded)
+                              build_backbone, checkpoint_weights, describe, entry_point, find_shards,
+                              full_state_dict, setup, start_run, unsharded)
 
 
 @dataclass
@@ -109,7 +109,7 @@ def load_init(model, cfg: FinetuneConfig, accelerator) -> None:
     path = Path(cfg.init)
     if path.is_dir():  # a checkpoint folder of this stage: the task's state, model under "model."
         from safetensors.torch import load_file
-        state = load_file(str(path / "model.safetensors"))
+        state = load_file(str(checkpoint_weights(path)))
         source = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     elif not path.exists():
         hint = " (run `accelerate launch pretrain/run.py` first)" if "pretrain-demo" in cfg.init else ""

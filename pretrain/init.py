@@ -18,6 +18,8 @@ import torch
 import mvit
 from mvit.checkpoint import CheckpointError, LoadReport, read_state_dict
 
+from .runtime import checkpoint_weights
+
 # The reference MaskMViT's HOG prediction head (head_helper.MSSeparateHead, one prediction depth):
 # transforms.0 = Sequential(LayerNorm), projections.0 = Linear; ours: heads.hog = Sequential(LayerNorm, Linear)
 REFERENCE_HEAD = {"pred_head.transforms.0.0.": "hog.0.", "pred_head.projections.0.": "hog.1."}
@@ -54,9 +56,7 @@ def load_pretraining_init(task, init: str | None) -> LoadReport | None:
         return None
     path = Path(init)
     if path.is_dir():
-        if not (path / "model.safetensors").is_file():
-            raise CheckpointError(f"{init}: a folder without model.safetensors (not a checkpoint folder)")
-        path = path / "model.safetensors"
+        path = checkpoint_weights(path)
     sd = read_state_dict(path)
     encoder, heads, left_out = split_task_state(sd)
     report = mvit.load_pretrained(task.encoder, encoder, allow_new_head=True, allow_pretraining_keys=True, name=init)

@@ -23,8 +23,8 @@ import mvit  # noqa: E402
 from pretrain.init import load_pretraining_init, report_init  # noqa: E402
 from pretrain.maskfeat import MaskFeat  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
-                              build_backbone, describe, entry_point, find_shards, full_state_dict, setup,
-                              start_run)
+                              build_backbone, checkpoint_weights, describe, entry_point, find_shards,
+                              full_state_dict, setup, start_run)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def load_task(output_dir: str | Path, step: int | None = None) -> tuple[MaskFeat
     if not found:
         raise RunError(f"no checkpoint in {out / 'checkpoints'}")
     task = build_task(cfg)
-    task.load_state_dict(load_file(str(found[-1] / "model.safetensors")))
+    task.load_state_dict(load_file(str(checkpoint_weights(found[-1]))))
     return task.eval(), cfg
 
 

@@ -245,6 +245,18 @@ class RunState:
         self.step, self.clips, self.global_batch = int(d["step"]), int(d["clips"]), int(d.get("global_batch", 0))
 
 
+def checkpoint_weights(folder: str | os.PathLike) -> Path:
+    """The model file of a checkpoint folder (checkpoints/step_*), or one CheckpointError line."""
+    from mvit import CheckpointError
+    folder = Path(folder)
+    if (folder / "model.safetensors").is_file():
+        return folder / "model.safetensors"
+    if (folder / "pytorch_model_fsdp_0").is_dir():
+        raise CheckpointError(f"{folder}: a sharded FSDP checkpoint (pytorch_model_fsdp_0/): start from the run's "
+                              "export, or convert it with torch.distributed.checkpoint.format_utils.dcp_to_torch_save")
+    raise CheckpointError(f"{folder}: a folder without model.safetensors (not a checkpoint folder)")
+
+
 class Checkpoints:
     """`save_state` folders under output_dir/checkpoints/step_XXXXXXXX, written to a hidden
     temporary folder and renamed, so a kill at any moment leaves the last complete one."""

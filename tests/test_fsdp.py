@@ -99,3 +99,14 @@ def test_fsdp2_pretrain_resume_export_then_finetune_and_evaluate(data, tmp_path)
     launch("finetune", [*ft_args, f"train.output_dir={fr}", "frozen_eval=true"])
     frozen = json.loads((fr / "frozen_metrics.json").read_text())
     assert frozen["train_videos"] == 4 and frozen["val_videos"] == 4
+
+
+def test_a_sharded_checkpoint_folder_as_init_is_one_line(tmp_path):
+    from mvit import CheckpointError
+    from pretrain.runtime import checkpoint_weights
+    (tmp_path / "pytorch_model_fsdp_0").mkdir()
+    with pytest.raises(CheckpointError, match="a sharded FSDP checkpoint .* start from the run's export"):
+        checkpoint_weights(tmp_path)
+    (tmp_path / "pytorch_model_fsdp_0").rmdir()
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        checkpoint_weights(tmp_path)
