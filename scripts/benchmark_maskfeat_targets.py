@@ -33,12 +33,15 @@ def median_seconds(fn, repeats: int, device: torch.device) -> float:
     return paired_median_seconds([fn], repeats, device)[0][0]
 
 
-def paired_median_seconds(fns, repeats: int, device: torch.device):
+def paired_median_seconds(fns, repeats: int, device: torch.device, deadline: float | None = None):
     """Time each fn once per round, for `repeats` rounds (after a warm-up round), so
     that all of them see the same background load. -> (median seconds per fn, median
-    over rounds of time(fns[0]) / time(fns[i]) per fn)."""
+    over rounds of time(fns[0]) / time(fns[i]) per fn). With a deadline (a
+    time.perf_counter() value), no round starts after it (one timed round at least)."""
     times = [[] for _ in fns]
     for round_ in range(repeats + 1):
+        if round_ > 1 and deadline is not None and time.perf_counter() > deadline:
+            break
         for fn, ts in zip(fns, times):
             _sync(device)
             start = time.perf_counter()

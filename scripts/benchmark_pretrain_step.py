@@ -4,15 +4,18 @@
     python scripts/benchmark_pretrain_step.py --model mvitv2_s_16x4_maskfeat --frames 16 --crop 224 \
         --batch 8 --device cuda --dtype bf16 [--compile]           # MaskFeat-S 16x4 on a GPU, with MFU
 
-A step = masks + HOG targets + forward + backward + AdamW update on a batch of random clips
-(data loading is measured separately by scripts/benchmark_data.py). Timings are medians
-over --repeats steps after --warmup steps. --peak-tflops sets the device's dense peak for
-model FLOP utilization (default: 989 for bf16 on an H100/H200 SXM; on CPU we measure an
-fp32 matmul peak instead).
+A step = forward + HOG targets + backward + AdamW update on a batch of random clips with
+masks made beforehand, as the loader's workers make them in training (data loading is
+measured separately by scripts/benchmark_data.py; the masks' worker-side cost is reported).
+Timings are medians over --repeats steps after --warmup steps. FLOPs are counted once on the
+eager model (scripts/benchmark.py's counter, depthwise-conv backward corrected). --peak-tflops
+sets the device's dense peak for model FLOP utilization (default: 989 for bf16 on an H100/H200
+SXM; on CPU we measure an fp32 matmul peak instead).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import resource
 import statistics
 import sys
@@ -24,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mvit  # noqa: E402
+from benchmark import count_flops  # noqa: E402  (scripts/benchmark.py, a sibling script)
 from pretrain.maskfeat import MaskFeat  # noqa: E402
 from pretrain.runtime import OptimConfig, make_optimizer  # noqa: E402
 
@@ -33,7 +37,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, warmup, repeats):
+def timed(fn, device, warmup, repeats, deadline: float | None = None):
+    """Median seconds of fn() over `repeats` calls after `warmup` calls; with a deadline
+    (a time.perf_counter() value), stops repeating once it has passed (one call at least)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -43,6 +49,8 @@ def timed(fn, device, warmup, repeats):
         fn()
         sync(device)
         times.append(time.perf_counter() - t)
+        if deadline is not None and time.perf_counter() > deadline:
+            break
     return statistics.median(times)
 
 
@@ -51,6 +59,60 @@ def matmul_peak(device, dtype, n=2048, repeats=10) -> float:
     b = torch.randn(n, n, device=device, dtype=dtype)
     t = timed(lambda: a @ b, device, 2, repeats)
     return 2 * n ** 3 / t
+
+
+def device_peak(device, dtype: str, peak_tflops: float | None = None, mm_size: int = 2048) -> tuple[float, str]:
+    """(FLOP/s, what it is) the MFU is taken against: the nominal dense peak on CUDA, a
+    measured fp32 matmul on CPU."""
+    if device.type == "cuda":
+        peak = (peak_tflops or 989.0) * 1e12
+        return peak, f"{peak / 1e12:.0f} TFLOP/s nominal {dtype}"
+    peak = matmul_peak(device, torch.float32, n=mm_size)
+    return peak, f"{peak / 1e9:.0f} GFLOP/s measured fp32 matmul ({mm_size}²)"
+
+
+def build_task(model: str, size: tuple[int, int, int], **arch) -> MaskFeat:
+    """The MaskFeat task on `model`'s pretraining form for (T, H, W) clips; arch: MViTConfig overrides."""
+    encoder = mvit.create_model(model, pretraining=True, input_size=size, **arch)
+    return MaskFeat(encoder, size)
+
+
+def measure_step(task: MaskFeat, batch: int, device, *, dtype: str = "fp32", compile: bool = False,
+                 warmup: int = 2, repeats: int = 5, deadline: float | None = None) -> dict:
+    """Time training steps of `task` (already on `device`) on random (batch, 3, T, H, W) clips.
+
+    -> seconds (step, first step incl. any compile, HOG targets, masks made by a loader worker
+    for one batch), model FLOPs per step, and peak memory: CUDA max allocated, or on CPU the
+    process's peak RSS (ru_maxrss) and its growth during the measurement.
+    """
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    video = torch.randn(batch, 3, *task.input_size, device=device)
+    masks = itertools.cycle([task.masker(batch).to(device) for _ in range(4)])  # as the loader delivers them
+    optimizer = make_optimizer(task, OptimConfig(), lr=1e-4)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def step():
+        with autocast:
+            loss, _ = task({"video": video, "mask": next(masks)})
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    flops = count_flops(step)  # on the eager model: the counter sees aten ops
+    if compile:
+        task.encoder.compile()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    out = dict(flops=flops, first_step_s=timed(step, device, 0, 1))
+    out["step_s"] = timed(step, device, max(0, warmup - 1), repeats, deadline)
+    out["targets_s"] = timed(lambda: task.targets(video), device, 1, repeats, deadline)
+    out["mask_s"] = timed(lambda: task.masker(batch), torch.device("cpu"), 1, repeats, deadline)
+    if device.type == "cuda":
+        out["max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    else:
+        out["rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        out["rss_growth_bytes"] = out["rss_peak_bytes"] - rss0
+    return out
 
 
 def main(argv=None):
@@ -69,45 +131,15 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    size = (args.frames, args.crop, args.crop)
-    encoder = mvit.create_model(args.model, pretraining=True, input_size=size)
-    task = MaskFeat(encoder, size).to(device)
-    if args.compile:
-        encoder.compile()
-    optimizer = make_optimizer(task, OptimConfig(), lr=1e-4)
-    video = torch.randn(args.batch, 3, *size, device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
-
-    def step():
-        with autocast:
-            loss, _ = task({"video": video})
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def targets_and_masks():
-        task.make_masks(args.batch, device)
-        task.targets(video)
-
+    task = build_task(args.model, (args.frames, args.crop, args.crop)).to(device)
+    r = measure_step(task, args.batch, device, dtype=args.dtype, compile=args.compile, warmup=args.warmup,
+                     repeats=args.repeats)
+    t_step, t_aux, t_mask, flops = r["step_s"], r["targets_s"] + r["mask_s"], r["mask_s"], r["flops"]
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t_step = timed(step, device, args.warmup, args.repeats)
-    t_aux = timed(targets_and_masks, device, 1, args.repeats)
-    t_mask = timed(lambda: task.make_masks(args.batch, device), device, 1, args.repeats)
-
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
-    if device.type == "cuda":
-        peak_mem = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (allocated)"
-        peak = (args.peak_tflops or 989.0) * 1e12
-        peak_note = f"{peak / 1e12:.0f} TFLOP/s nominal {args.dtype}"
+        peak_mem = f"{r['max_allocated_bytes'] / 2**30:.2f} GiB (allocated)"
     else:
-        peak_mem = f"{(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 2**20:.2f} GiB (RSS growth)"
-        peak = matmul_peak(device, torch.float32)
-        peak_note = f"{peak / 1e9:.0f} GFLOP/s measured fp32 matmul (2048²)"
+        peak_mem = f"{r['rss_growth_bytes'] / 2**30:.2f} GiB (RSS growth)"
+    peak, peak_note = device_peak(device, args.dtype, args.peak_tflops)
 
     print(f"model {args.model}, clips {args.batch}×3×{args.frames}×{args.crop}², {device}, {args.dtype}"
           f"{', compiled' if args.compile else ''}, {torch.get_num_threads()} threads")
