@@ -52,8 +52,8 @@ def test_maskfeat_pretraining_beats_the_trivial_predictors(shards, tmp_path):
     from pretrain.masking import upsample_mask
     from pretrain.run import load_task
     out = tmp_path / "pt"
-    run("pretrain", [f"data.train={shards}", f"train.output_dir={out}", "train.steps=600", "train.progress=false",
-                     "train.image_every=0", "train.save_every=600", "data.num_workers=1"])
+    run("pretrain", [f"data.train={shards}", f"train.output_dir={out}", "train.steps=450", "train.progress=false",
+                     "train.image_every=0", "train.save_every=450", "data.num_workers=1"])
     task, _ = load_task(out)
 
     video, _ = center_clips(shards)
