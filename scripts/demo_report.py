@@ -539,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     environment = (json.loads(env_file.read_text()) if env_file.is_file() else
                    describe_environment("unknown", pretrain_args, finetune_args))
     init = next(k for k in runs[args.seeds[0]]["comparison"] if k != "from random init")
+    init = init.replace(f"{ROOT}/", "")  # the committed summary names no path of this machine
     summary = {**summarize(per_seed), "views": runs[args.seeds[0]]["views"], "init": init,
                "environment": environment}
 
