@@ -299,9 +299,6 @@ class Checkpoints:
         return final
 
 
-# ----------------------------------------------------------------------------- the loop
-
-
 # ----------------------------------------------------------------------------- sharded models
 # Under FSDP2 (Accelerate's fsdp_version 2) parameters are DTensor shards: a module's
 # state_dict holds shards, and calling a submodule outside the root's forward mixes shards
@@ -338,6 +335,9 @@ def unsharded(module: torch.nn.Module):
     finally:
         for m in fsdp:
             m.reshard()
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 def param_checksum(model: torch.nn.Module) -> str:
