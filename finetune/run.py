@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"  predictions: {out / 'test_predictions.csv'}\n  export: {out / 'export'}\n"
                           f"  TensorBoard: tensorboard --logdir {out}")
         compare = cfg.compare_scratch if cfg.compare_scratch is not None else not cfg.data.train
-        if compare and cfg.init and cfg.init.lower() not in ("none", "scratch"):
+        if compare and not no_init(cfg.init):
             compare_with_scratch(cfg, list(sys.argv[1:] if argv is None else argv), metrics, shards, num_classes,
                                  accelerator)
     finish(accelerator)

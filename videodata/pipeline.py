@@ -293,8 +293,8 @@ class TrainClips(IterableDataset):
             if len(items) == self.batch_size:
                 batch = _collate(items, guard.take())
                 if self.mask_generator is not None:
-                    seed = torch.Generator().manual_seed(slot.mask_seeds.getrandbits(63))
-                    batch["mask"] = self.mask_generator(len(items), generator=seed)
+                    generator = torch.Generator().manual_seed(slot.mask_seeds.getrandbits(63))
+                    batch["mask"] = self.mask_generator(len(items), generator=generator)
                 yield batch
                 items = []
 
