@@ -132,14 +132,16 @@ class HOGLayer(nn.Module):
         f = {"dtype": x.dtype, "device": x.device}
         # Slot of each pixel's cell: the votes of pixel (y, x) go to slots
         # base[y, x] + [0, k), with k = 2*nbins + 1 unfolded phases per cell. Pixels of the
-        # partial cells at the right / bottom edge vote into one extra cell, discarded.
+        # partial cells at the right / bottom edge vote into one extra cell, discarded (only
+        # allocated when there are partial cells).
         hc, wc = H // c, W // c
         rows = torch.arange(H, device=x.device) // c
         cols = torch.arange(W, device=x.device) // c
         cell = torch.where((rows[:, None] < hc) & (cols[None, :] < wc), rows[:, None] * wc + cols[None, :], hc * wc)
         base = cell * k + self.nbins
         # Slot indices are built in floating point (exact below 2^24 in float32).
-        exact = x.dtype == torch.float64 or (hc * wc + 1) * k < 2**24
+        cells = hc * wc + int(H % c > 0 or W % c > 0)
+        exact = x.dtype == torch.float64 or cells * k < 2**24
         scratch = {
             # Central differences with the border rows (dx) / columns (dy) left for the
             # reflect padding; the other border is 0 by reflection and never written.
@@ -150,7 +152,7 @@ class HOGLayer(nn.Module):
             "magnitude": torch.empty(n, C, H, W, **f),
             "phase": torch.empty(n, C, H, W, dtype=x.dtype if exact else torch.float64, device=x.device),
             "index": torch.empty(n, C, H, W, dtype=torch.long, device=x.device),
-            "votes": torch.empty(n, C, (hc * wc + 1) * k, **f),  # + the discarded cell
+            "votes": torch.empty(n, C, cells * k, **f),
             "base": base.to(x.dtype if exact else torch.float64).expand(n, C, H, W),
         }
         if x.device.type == "cpu":
@@ -183,7 +185,7 @@ class HOGLayer(nn.Module):
         index = s["index"].copy_(phase.add_(s["base"]))
         flat = s["votes"].zero_()
         flat.view(n * C, -1).scatter_add_(1, index.view(n * C, H * W), magnitude.view(n * C, H * W))
-        votes = flat[..., :-(2 * nb + 1)].view(n, C, H // c, W // c, 2 * nb + 1)
+        votes = flat[..., :(H // c) * (W // c) * (2 * nb + 1)].view(n, C, H // c, W // c, 2 * nb + 1)
         # votes[..., p + nbins] holds phase p in [-nbins, nbins]; bin = p mod nbins
         # (Python-style): folded here, on the small histogram, not per pixel.
         hist = votes[..., :nb].add_(votes[..., nb : 2 * nb])
