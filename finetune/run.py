@@ -1,6 +1,8 @@
 """Finetune MViTv2 for video classification, then test with multiple views.
 
     accelerate launch finetune/run.py [--config FILE.yaml] [key=value ...]
+    accelerate launch finetune/run.py --config configs/finetune/k400_mvitv2_s_16x4_maskfeat.yaml \\
+        data.train='shards/k400/train-{000000..000239}.tar' data.val='shards/k400/val-{000000..000019}.tar'
     accelerate launch finetune/run.py eval_only=true init=runs/finetune-demo/export/model.safetensors
     accelerate launch finetune/run.py frozen_eval=true init=runs/pretrain-demo/export/encoder.safetensors
 

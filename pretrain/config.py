@@ -3,12 +3,15 @@
 Both stages describe their run as a dataclass tree (see pretrain/run.py, finetune/run.py).
 `parse_config(schema, argv)` merges, in order: the dataclass defaults, `--config FILE`
 (YAML), then `key.sub=value` overrides. Unknown keys and wrong types are errors that name
-the key (OmegaConf structured configs check both). `--help` lists every option with its
-type and default.
+the key (OmegaConf structured configs check both). `--help` opens with what the
+entry point does and one example (`help_header`, also used by scripts/*.py through
+`ScriptParser`), then lists every option with its type and default.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import re
 import sys
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -37,8 +40,52 @@ def _options(schema, prefix: str = "") -> list[tuple[str, str, Any, str]]:
     return rows
 
 
+def example_command(doc: str, command: str) -> str:
+    """The first line of `doc` that runs `command` with no [optional] parts, with its `\\`
+    continuation lines: the example an entry point's --help shows. ValueError if there is none."""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(command) and "[" not in line.split("#")[0]:
+            out = [re.sub(r"\s+#", "  #", line.strip())]  # a comment after the command: two spaces
+            while out[-1].split("  #")[0].rstrip().endswith("\\") and i + 1 < len(lines):
+                i += 1
+                out.append(lines[i].rstrip())
+            return "\n".join(out)
+    raise ValueError(f"no example of {command!r} in the docstring")
+
+
+def help_header(doc: str, command: str) -> str:
+    """The first lines of every entry point's --help: what it does (the docstring's first line)
+    and one example command (`example_command`)."""
+    return f"{doc.strip().splitlines()[0]}\nexample: {example_command(doc, command)}"
+
+
+def _doc_body(doc: str) -> str:
+    return doc.strip().split("\n", 1)[1].strip("\n") if "\n" in doc.strip() else ""
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """argparse for scripts/*.py whose --help opens with what the script does and one example
+    (`help_header` of its docstring), then argparse's usage and options, then the rest of the
+    docstring. Subparsers are plain parsers (no `doc`)."""
+
+    def __init__(self, *args, doc: str | None = None, script: str | None = None, **kwargs):
+        if doc is not None:
+            kwargs.setdefault("prog", Path(script).name if script else None)
+            kwargs.setdefault("epilog", _doc_body(doc))
+            kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.doc = doc
+
+    def format_help(self) -> str:
+        if self.doc is None:
+            return super().format_help()
+        return help_header(self.doc, f"python scripts/{self.prog}") + "\n\n" + super().format_help()
+
+
 def format_help(schema, prog: str, doc: str) -> str:
-    lines = [f"usage: {prog} [--config FILE.yaml] [key=value ...]", "", doc.strip(), "", "options (key=value):"]
+    lines = [help_header(doc, prog), "", f"usage: {prog} [--config FILE.yaml] [key=value ...]", "",
+             _doc_body(doc), "", "options (key=value):"]
     for key, typ, default, text in _options(schema):
         lines.append(f"  {key} ({typ}, default {default!r})" + (f": {text}" if text else ""))
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """MaskFeat pretraining of MViTv2 on video shards.
 
     accelerate launch pretrain/run.py [--config FILE.yaml] [key=value ...]
+    accelerate launch pretrain/run.py --config configs/pretrain/k400_mvitv2_s_16x4_maskfeat.yaml \\
+        data.train='shards/k400/train-{000000..000239}.tar'
 
 With no arguments: the demo. A synthetic dataset is made under data/demo (once), a
 1.7M-parameter MViTv2 is pretrained on its 360 "unlabeled" videos on CPU for a few minutes,

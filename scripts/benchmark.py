@@ -28,10 +28,11 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import mvit
+from pretrain.config import ScriptParser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = ScriptParser(doc=__doc__, script=__file__)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
@@ -45,7 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     p.add_argument("--no-backward", action="store_true", help="time the forward only")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- timing helpers

@@ -41,6 +41,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 from torch.utils.data import DataLoader
 
+from pretrain.config import ScriptParser
 from videodata import build_train_loader, write_shards, write_synthetic_videos
 from videodata.pipeline import TrainClips
 
@@ -118,8 +119,8 @@ def decode_only_loader(urls: str, frames: int, stride: int):
     return iter(DataLoader(dataset, batch_size=None))
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = ScriptParser(doc=__doc__, script=__file__)
     p.add_argument("--videos", type=int, default=8)
     p.add_argument("--seconds", type=float, default=10.0, help="length of each source video")
     p.add_argument("--fps", type=float, default=30.0)
@@ -133,7 +134,11 @@ def main(argv=None) -> int:
                    help="x264 CRF of the sources (default 23, the re-encoding's: then only the GOP differs)")
     p.add_argument("--workdir", help="keep the videos and shards here (default: a temp folder)")
     p.add_argument("--out", help="write the results as JSON here")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
     height, width = (int(v) for v in args.size.lower().split("x"))
 

@@ -6,8 +6,8 @@ Times, with medians over repeats (the machine may be shared):
   * cube mask generation per clip (8x7x7 units, ratio 0.4), one clip and a batch;
   * target assembly for one 16x224^2 clip: `hog_targets` (1568 x 108) and `pixel_targets`.
 
-Usage: python scripts/benchmark_maskfeat_targets.py [--repeats 9] [--frames 16]
-       [--threads N] [--device cpu|cuda]
+    python scripts/benchmark_maskfeat_targets.py --threads 1        # CPU, one intra-op thread
+    python scripts/benchmark_maskfeat_targets.py [--repeats 9] [--frames 16] [--threads N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 import torch
 from skimage.feature import hog as skimage_hog
 
+from pretrain.config import ScriptParser
 from pretrain.hog import HOGLayer, hog_targets, pixel_targets
 from pretrain.masking import CubeMaskGenerator
 
@@ -54,13 +55,17 @@ def paired_median_seconds(fns, repeats: int, device: torch.device, deadline: flo
     return medians, ratios
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = ScriptParser(doc=__doc__, script=__file__)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--frames", type=int, default=16, help="frames per HOG batch")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

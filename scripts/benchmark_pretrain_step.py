@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mvit  # noqa: E402
 from benchmark import count_flops  # noqa: E402  (scripts/benchmark.py, a sibling script)
+from pretrain.config import ScriptParser  # noqa: E402
 from pretrain.maskfeat import MaskFeat  # noqa: E402
 from pretrain.runtime import OptimConfig, make_optimizer  # noqa: E402
 
@@ -115,8 +116,8 @@ def measure_step(task: MaskFeat, batch: int, device, *, dtype: str = "fp32", com
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = ScriptParser(doc=__doc__, script=__file__)
     p.add_argument("--model", default="mvitv2_demo_8x2_maskfeat")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--crop", type=int, default=96)
@@ -127,7 +128,11 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=None)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
 

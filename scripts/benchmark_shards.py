@@ -27,6 +27,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pretrain.config import ScriptParser
 from videodata import write_shards, write_synthetic_videos
 from videodata.synthetic import LABELS, synthetic_frames
 
@@ -85,12 +86,16 @@ def measure(paths: list[str], out: Path) -> dict:
                 videos_per_s=round(len(paths) / wall, 3), videos_per_cpu_s=round(len(paths) / cpu, 3))
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = ScriptParser(doc=__doc__, script=__file__)
     p.add_argument("--videos", type=int, default=6, help="videos per kind")
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--out", help="write the results as JSON here")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("synthetic", "h264+aac", "vp9+opus"):

@@ -1,6 +1,7 @@
 """Convert a reference / foreign MViTv2 or MViTv1 checkpoint into our safetensors format.
 
     python scripts/convert_checkpoint.py SRC DST --model NAME [--pretraining] [--num-classes N]
+    python scripts/convert_checkpoint.py MViTv2_S_16x4_k400_f302660347.pyth mvitv2_s_16x4.safetensors --model mvitv2_s_16x4
 
 SRC: SlowFast `.pyth` (supervised MViTv2 / MViTv1, MaskFeat, ImageNet image models), torchvision
 `mvit_v2_s` / `mvit_v1_b` state dict, timm `mvitv2_*` state dict, facebookresearch/mvit image
@@ -15,10 +16,11 @@ import sys
 
 import mvit
 from mvit.checkpoint import CheckpointError
+from pretrain.config import ScriptParser
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = ScriptParser(doc=__doc__, script=__file__)
     p.add_argument("src")
     p.add_argument("dst", help="output .safetensors")
     p.add_argument("--model", required=True, choices=mvit.list_models(), metavar="NAME",
@@ -29,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-pretraining-keys", action="store_true",
                    help="drop MaskFeat mask token / prediction head / HOG buffers")
     p.add_argument("--patch-inflation", default="center", choices=["center", "mean"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.dst.endswith(".safetensors"):
         p.error("dst must end with .safetensors")

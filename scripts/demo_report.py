@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # `python scripts/demo_report.py` from a checkout
 import torch  # noqa: E402
 from PIL import Image, ImageColor, ImageDraw, ImageFont  # noqa: E402
 
+from pretrain.config import ScriptParser  # noqa: E402
 from pretrain.masking import upsample_mask  # noqa: E402
 from pretrain.runtime import RunError, entry_point  # noqa: E402
 
@@ -71,8 +72,7 @@ ROWS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__[__doc__.index("\n"):],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(doc=__doc__, script=__file__)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="runs/demo-report", help="run folders OUT/seedS/{pretrain,finetune}")
     p.add_argument("--docs", default="docs/demo", help="report.md, curves.png, predictions.png, summary.json")

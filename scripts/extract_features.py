@@ -43,6 +43,7 @@ import mvit  # noqa: E402
 from finetune import evaluate  # noqa: E402
 from finetune.run import FinetuneConfig, eval_loader, load_init  # noqa: E402
 from mvit.checkpoint import read_safetensors_metadata  # noqa: E402
+from pretrain.config import ScriptParser  # noqa: E402
 from pretrain.runtime import RunError, build_backbone, entry_point  # noqa: E402
 from videodata import expand_urls  # noqa: E402
 
@@ -57,8 +58,7 @@ def positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__[__doc__.index("\n"):],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(doc=__doc__, script=__file__)
     p.add_argument("--init", required=True, help="weights (see above), or none")
     p.add_argument("--data", required=True, help="shards: a brace pattern (val-{000000..000009}.tar), a glob, "
                                                  "several joined by '::', or URLs")

@@ -55,6 +55,7 @@ from benchmark import count_flops, cpu_name, forward, forward_backward, torchvis
 from benchmark_data import time_loader  # noqa: E402
 from benchmark_maskfeat_targets import paired_median_seconds  # noqa: E402
 from benchmark_pretrain_step import build_task, device_peak, measure_step  # noqa: E402
+from pretrain.config import ScriptParser  # noqa: E402
 from pretrain.hog import HOGLayer  # noqa: E402
 from videodata import build_train_loader, write_shards, write_synthetic_videos  # noqa: E402
 
@@ -295,8 +296,8 @@ def header(ctx: Context, peak_note: str, elapsed: float, budget: float) -> dict:
     return info
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = ScriptParser(doc=__doc__, script=__file__)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="bf16 = autocast")
     p.add_argument("--small", action="store_true", help="tiny sizes (CPU smoke test)")
@@ -306,7 +307,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=420.0, help="seconds; then remaining repeats and rows are skipped")
     p.add_argument("--out", help="also write the markdown here")
     p.add_argument("--json", help="write the raw numbers here")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> int:

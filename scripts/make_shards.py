@@ -24,6 +24,7 @@ import re
 import shlex
 import sys
 
+from pretrain.config import ScriptParser
 from videodata.shards import check_videos, write_failures, write_shards
 from videodata.sources import (SourceError, folder_sources, kinetics_sources, read_class_list, ssv2_sources,
                                unlabeled_sources)
@@ -39,8 +40,7 @@ def parse_size(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__[__doc__.index("\n"):])
+    p = ScriptParser(doc=__doc__, script=__file__)
     sub = p.add_subparsers(dest="kind", required=True, metavar="{kinetics,ssv2,folders,unlabeled}")
     k = sub.add_parser("kinetics", help="Kinetics CSV (label,youtube_id,time_start,time_end,split) + video folder")
     k.add_argument("--csv", required=True)
