@@ -77,7 +77,26 @@ def config_problem(stage: str, args: list[str]) -> str | None:
         parse_config(schema(stage), argv)
     except ConfigError as e:
         return None if str(e).startswith("no value for") else str(e)
+    except Exception as e:  # a value that is not YAML reaches the parser's YAML loader
+        return f"{type(e).__name__}: {str(e).splitlines()[0]}"
     return None
+
+
+def stage_problem(stage: str, args: list[str]) -> str | None:
+    """A command's arguments for pretrain/run.py or finetune/run.py, as its parser sees them."""
+    loose = [a for a in args if a.endswith("=...")]
+    return next(filter(None, [key_problem(stage, a) for a in loose]),
+                config_problem(stage, [a for a in args if a not in loose]))
+
+
+def key_problem(stage: str, token: str) -> str | None:
+    """`key=value` against the stage's schema; `key=...` (any value) only needs the key."""
+    key, value = token.split("=", 1)
+    if value != "...":
+        return config_problem(stage, [token])
+    from omegaconf import OmegaConf
+    found = OmegaConf.select(OmegaConf.structured(schema(stage)), key, default=KeyError)
+    return None if found is not KeyError else f"no key {key}"
 
 
 def option_problems(parser, args: list[str], what: str) -> list[str]:
@@ -129,17 +148,17 @@ def command_problems(command: str) -> list[str]:
         return [f"{command!r}: {e}"]
     while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # ACCELERATE_USE_CPU=true accelerate launch ...
         words.pop(0)
-    words = [w for w in words if w != "..."]
+    words = [w for w in words if w != "..."]  # "the rest as before"
     if words[:2] == ["accelerate", "launch"]:
         stage = next((i for i, w in enumerate(words) if w in STAGES), None)
         if stage is None:
             return []
         out = option_problems(accelerate_parser(), words[2:stage], "accelerate launch")
-        problem = config_problem(words[stage], words[stage + 1:])
+        problem = stage_problem(words[stage], words[stage + 1:])
         return out + ([f"{words[stage]}: {problem}"] if problem else [])
     if words[:1] == ["python"] and len(words) > 1:
         if words[1] in STAGES:
-            problem = config_problem(words[1], words[2:])
+            problem = stage_problem(words[1], words[2:])
             return [f"{words[1]}: {problem}"] if problem else []
         m = re.fullmatch(r"scripts/(\w+)\.py", words[1])
         if m:
@@ -156,7 +175,7 @@ def prose_key_problems(span: str) -> list[str]:
     for token in span.split():
         if token in PLACEHOLDERS or re.search(r"=(True|False|None)$|=[\"']", token):
             continue
-        errors = [config_problem(stage, [token]) for stage in STAGES]
+        errors = [key_problem(stage, token) for stage in STAGES]
         if all(errors):
             out.append(f"{token}: a key of neither stage ({errors[0]})")
     return out
@@ -213,6 +232,7 @@ BROKEN = [  # (snippet, what the report must name)
     ("```bash\naccelerate launch --config_file configs/accelerate/8gpu.yaml finetune/run.py \\\n"
      "    --config configs/finetune/k400_mvitv2_s_16x4_maskfeat.yaml data.trian=x\n```", "trian"),
     ("Resume with `train.resumee=latest`.", "resumee"),  # a key in prose
+    ("Test any checkpoint: `eval_only=true inits=...`.", "inits"),
     ("See `configs/pretrain/k400_mvitv2_x_16x4_maskfeat.yaml`.", "k400_mvitv2_x"),  # a renamed path
     ("Recipes: `configs/pretrain/k400_mvitv2_{s,xl}_16x4_maskfeat.yaml`.", "k400_mvitv2_xl"),
     ("Read [the data page](docs/dataa.md).", "docs/dataa.md"),  # a broken link
@@ -233,7 +253,7 @@ def test_a_broken_reference_is_reported(snippet, name):
 
 def test_sound_references_pass():
     snippet = """See `configs/pretrain/k400_mvitv2_{s,l}_16x4_maskfeat.yaml`, `configs/accelerate/*.yaml`,
-[data](docs/demo/report.md), `train.resume=latest`, `frozen_eval=true init=EXPORT`, `pad_short=True`.
+[data](docs/demo/report.md), `train.resume=latest`, `frozen_eval=true init=EXPORT`, `pad_short=True`, `init=...`.
 ```bash
 ACCELERATE_USE_CPU=true accelerate launch --config_file configs/accelerate/cpu2.yaml pretrain/run.py \\
     --config configs/pretrain/k400_mvitv2_s_16x4_maskfeat.yaml data.train='s/t-{0..9}.tar' mask.unit=[1,4,4]
