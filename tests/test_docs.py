@@ -84,6 +84,7 @@ def config_problem(stage: str, args: list[str]) -> str | None:
 
 def stage_problem(stage: str, args: list[str]) -> str | None:
     """A command's arguments for pretrain/run.py or finetune/run.py, as its parser sees them."""
+    args = [a for a in args if a not in ("-h", "--help")]  # prints the options; not parsed here
     loose = [a for a in args if a.endswith("=...")]
     return next(filter(None, [key_problem(stage, a) for a in loose]),
                 config_problem(stage, [a for a in args if a not in loose]))
