@@ -182,13 +182,26 @@ def prose_key_problems(span: str) -> list[str]:
     return out
 
 
+def anchors(text: str) -> set[str]:
+    """GitHub's ids of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.*)$", FENCE.sub("", text), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def problems(text: str, where: Path = ROOT / "README.md") -> list[str]:
     out = []
     for label, target in LINK.findall(text):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+        if re.match(r"[a-z]+:", target):
             continue
-        if not (where.parent / target.split("#")[0]).exists():
+        if target.startswith("#"):
+            if target[1:] not in anchors(text):
+                out.append(f"broken link: {target} (no such heading)")
+            continue
+        page, _, anchor = target.partition("#")
+        if not (where.parent / page).exists():
             out.append(f"broken link: {target}")
+        elif anchor and page.endswith(".md") and anchor not in anchors((where.parent / page).read_text()):
+            out.append(f"broken link: {target} (no such heading)")
     # link targets are checked above (relative to the page); another repository's paths are link texts
     local = LINK.sub(lambda m: "" if re.match(r"[a-z]+:", m.group(2)) else m.group(1), text)
     out += [p for path in PATH.findall(local) for p in path_problems(path)]
@@ -238,6 +251,7 @@ BROKEN = [  # (snippet, what the report must name)
     ("Recipes: `configs/pretrain/k400_mvitv2_{s,xl}_16x4_maskfeat.yaml`.", "k400_mvitv2_xl"),
     ("Read [the data page](docs/dataa.md).", "docs/dataa.md"),  # a broken link
     ("![curves](docs/demo/curve.png)", "curve.png"),  # a missing image
+    ("Read [resuming](docs/data.md#resume-a-run).", "#resume-a-run"),  # a renamed heading
     ("```bash\npython scripts/make_shards.py folders videos --out shards --bogus 3\n```", "--bogus"),  # a bad flag
     ("```bash\npython scripts/extract_features.py --init x --data y --out z --pool max\n```", "--pool max"),
     ("```bash\naccelerate launch --num_proceses 2 pretrain/run.py\n```", "--num_proceses"),
