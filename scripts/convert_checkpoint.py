@@ -1,7 +1,7 @@
 """Convert a reference / foreign MViTv2 or MViTv1 checkpoint into our safetensors format.
 
     python scripts/convert_checkpoint.py SRC DST --model NAME [--pretraining] [--num-classes N]
-    python scripts/convert_checkpoint.py MViTv2_S_16x4_k400_f302660347.pyth mvitv2_s_16x4.safetensors --model mvitv2_s_16x4
+    python scripts/convert_checkpoint.py MViTv2_S_16x4_k400_f302660347.pyth s_16x4.safetensors --model mvitv2_s_16x4
 
 SRC: SlowFast `.pyth` (supervised MViTv2 / MViTv1, MaskFeat, ImageNet image models), torchvision
 `mvit_v2_s` / `mvit_v1_b` state dict, timm `mvitv2_*` state dict, facebookresearch/mvit image

@@ -52,7 +52,7 @@ def script(name: str):
     """scripts/NAME.py as a module (scripts/ is not a package; its modules import each other)."""
     path = ROOT / "scripts" / f"{name}.py"
     if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
+        sys.path.append(str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location(f"scripts_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
