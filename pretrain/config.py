@@ -84,8 +84,8 @@ class ScriptParser(argparse.ArgumentParser):
 
 
 def format_help(schema, prog: str, doc: str) -> str:
-    lines = [help_header(doc, prog), "", f"usage: {prog} [--config FILE.yaml] [key=value ...]", "",
-             _doc_body(doc), "", "options (key=value):"]
+    lines = [*([help_header(doc, prog), ""] if doc.strip() else []),
+             f"usage: {prog} [--config FILE.yaml] [key=value ...]", "", _doc_body(doc), "", "options (key=value):"]
     for key, typ, default, text in _options(schema):
         lines.append(f"  {key} ({typ}, default {default!r})" + (f": {text}" if text else ""))
     return "\n".join(lines)
