@@ -2,7 +2,8 @@
 
 `problems(text, where)` lists what a markdown page names that does not exist (any more):
 - a path of this repository (`scripts/...`, `configs/...`, `docs/...`, a package file; brace
-  lists and globs expanded) or the target of a relative link or image;
+  lists and globs expanded), the target of a relative link or image, or the heading a
+  `page.md#anchor` link points to;
 - a config key: `key=value` / `key.sub=value` in a command for pretrain/run.py or
   finetune/run.py, checked (key and type) by the entry point's own parser (`parse_config` on
   its schema, as `setup()` does, with the command's `--config` file), and the same in prose
@@ -10,6 +11,8 @@
 - a flag of a `python scripts/X.py` command that X's argparse parser (`build_parser()`) does
   not have, or a value outside the flag's choices; `accelerate launch` flags likewise.
 External paths (another repository's files) are written as links to that repository.
+The tests below also feed it broken snippets (it must name each breakage), and check that
+every entry point's --help opens with what it does and one example that passes these checks.
 Nothing is launched: the checks take seconds.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ PATH = re.compile(r"(?<![\w/.\-])((?:%s)/[\w.{},*\-/]*[\w*}])" % "|".join(OURS))
 LINK = re.compile(r"!?\[([^\]]*)\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 SPAN = re.compile(r"`([^`\n]+)`")
+COMMAND = re.compile(r"\s*([A-Z_]+=\S*\s+)*(python|accelerate)\s")  # a line that runs python or accelerate
 KEY = re.compile(r"^[a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*=")
 PLACEHOLDERS = {"key=value", "key.sub=value"}  # how the docs write "a key" in general
 STAGES = {"pretrain/run.py": ("pretrain.run", "PretrainConfig"), "finetune/run.py": ("finetune.run", "FinetuneConfig")}
@@ -208,10 +212,11 @@ def problems(text: str, where: Path = ROOT / "README.md") -> list[str]:
     for lang, body in FENCE.findall(text):
         if lang in ("bash", "sh", "shell", "console", ""):
             for command in re.sub(r"\\\n", " ", body).splitlines():
-                out += command_problems(command)
+                if COMMAND.match(command):
+                    out += command_problems(command)
     prose = FENCE.sub("", text)
     for span in SPAN.findall(prose):
-        if re.match(r"(python|accelerate launch|[A-Z_]+=\S* accelerate) ", span):
+        if COMMAND.match(span):
             out += command_problems(span)
         elif all(KEY.match(t) for t in span.split()):
             out += prose_key_problems(span)
