@@ -406,8 +406,12 @@ class Trainer:
         on_step(step): called after every optimizer step (e.g. periodic validation)."""
         acc, cfg, total = self.acc, self.cfg, self.sched.total_steps
         device = acc.device
-        bar = tqdm(total=total, initial=self.state.step, disable=not (cfg.progress and acc.is_local_main_process),
-                   unit="step", dynamic_ncols=True)
+        show = cfg.progress and acc.is_local_main_process
+        # a terminal gets the bar; a log file gets one line per log window instead of ~1000 redraws
+        self._lines = show and not sys.stderr.isatty()
+        bar = tqdm(total=total, initial=self.state.step, disable=not show or self._lines, unit="step",
+                   dynamic_ncols=True)
+        self._t0 = time.perf_counter()
         self.task.train()
         window, step_clips, seen = _new_window(), 0, []
         it = iter(loader)
@@ -490,6 +494,10 @@ class Trainer:
         self.log(values)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{values['train/lr']:.2e}",
                         clips_s=f"{values['train/clips_per_s']:.1f}", refresh=False)
+        if self._lines:
+            print(f"step {self.state.step}/{self.sched.total_steps}  loss {loss:.4f}  lr {values['train/lr']:.2e}  "
+                  f"clips/s {values['train/clips_per_s']:.1f}  elapsed {time.perf_counter() - self._t0:.0f} s",
+                  file=sys.stderr, flush=True)
 
     def log(self, values: dict[str, float]) -> None:
         """TensorBoard, plus one JSON line per call in output_dir/metrics.jsonl (main process)

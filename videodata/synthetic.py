@@ -19,6 +19,7 @@ background):
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -30,7 +31,10 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
 LABELS = tuple(f"{s}_{d}" for s in SHAPES for d in DIRECTIONS)
 MARK_STEP, MARK_OFFSET, MARK_MAX_FRAMES = 16, 8, 256
-BACKGROUNDS = ("texture", "plain", "stripes")
+BACKGROUNDS = ("texture", "plain", "stripes", "scene")
+# photographs scikit-image ships inside its wheel (no download): the "scene" backgrounds
+SCENE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "brick",
+                "grass", "gravel", "camera", "moon", "coins", "clock", "text", "page")
 
 
 def frame_marker(index: int) -> tuple[int, int, int]:
@@ -66,6 +70,33 @@ def _grating(rng: np.random.Generator, height: int, width: int, angle: float) ->
     return a + wave[..., None] * (b - a)
 
 
+@functools.lru_cache(maxsize=None)
+def _scene_image(name: str) -> np.ndarray:
+    """A scikit-image sample photograph as (H, W, 3) float32 in [0, 255]."""
+    import skimage.data
+    image = np.asarray(getattr(skimage.data, name)(), np.float32)
+    return np.repeat(image[..., None], 3, 2) if image.ndim == 2 else image[..., :3]
+
+
+def _scene(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A random crop of a random photograph, flipped, recoloured and lowered in contrast,
+    (H, W, 3) float: natural clutter that differs from video to video."""
+    from PIL import Image
+    image = _scene_image(SCENE_IMAGES[rng.integers(len(SCENE_IMAGES))])
+    h, w = image.shape[:2]
+    scale = rng.uniform(0.35, 1.0) * min(h / height, w / width)
+    ch, cw = int(height * scale), int(width * scale)
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    crop = Image.fromarray(image[y:y + ch, x:x + cw].astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    scene = np.asarray(crop, np.float32)
+    if rng.random() < 0.5:
+        scene = scene[:, ::-1]
+    # a colour cast per channel and less contrast: the moving shape stays the strongest edge
+    mean = scene.mean((0, 1))
+    scene = (scene - mean) * rng.uniform(0.4, 0.8) + mean * rng.uniform(0.6, 1.3, size=3)
+    return np.clip(scene + rng.uniform(-30, 30), 0, 255)
+
+
 def _shape_mask(shape: str, size: int) -> np.ndarray:
     """(size, size) bool mask of the shape."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
@@ -92,7 +123,7 @@ def synthetic_frames(label: str, *, frames: int, size: tuple[int, int], seed: in
     shape, direction = label.split("_")
     height, width = size
     rng = np.random.default_rng(seed)
-    still = background in ("plain", "stripes")
+    still = background in ("plain", "stripes", "scene")
     fill = None
     if mark_frames:
         scene = None
@@ -110,13 +141,19 @@ def synthetic_frames(label: str, *, frames: int, size: tuple[int, int], seed: in
         scene = np.where(side_a[..., None], _grating(rng, height, width, angle),
                          _grating(rng, height, width, angle + rng.uniform(np.pi / 3, 2 * np.pi / 3)))
         fill = _grating(rng, height, width, angle + rng.uniform(np.pi / 4, 3 * np.pi / 4))
+    elif background == "scene":
+        scene = _scene(rng, height, width)
     else:
         scene = _texture(rng, height, width)
-    side = max(4, int(min(height, width) * (rng.uniform(0.3, 0.4) if still else rng.uniform(0.2, 0.3))))
+    low, high = {"scene": (0.4, 0.55), "texture": (0.2, 0.3)}.get(background, (0.3, 0.4))
+    side = max(4, int(min(height, width) * rng.uniform(low, high)))
     mask = _shape_mask(shape, side)
     colour = rng.uniform(0, 255, size=3).astype(np.float32)
     if background == "plain":  # contrast: the shape is at least 100 grey levels away from the background
         colour = np.where(np.abs(colour - scene[0, 0]) < 100, (scene[0, 0] + 128) % 256, colour).astype(np.float32)
+    elif background == "scene":  # a flat shape, dark on a bright scene or bright on a dark one: a brightness edge
+        level = 45.0 if scene.mean() > 128 else 210.0
+        colour = np.clip(level + rng.uniform(-45, 45, size=3), 0, 255).astype(np.float32)
     # The shape travels from one edge region to the opposite one over the clip.
     travel_x, travel_y = width - side, height - side
     fixed = rng.uniform(0.2, 0.8)
