@@ -11,6 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+import torch
 
 from test_data_timing import TIMINGS, markers, write_video
 import videodata.decode
@@ -120,3 +121,33 @@ def test_loader_aligned_starts_on_ref_stride_shards(ref4_shards):
         clips = loader_clips(ref4_shards, seed=1, **kw)
         assert all(index == seen for index, seen in clips)
         assert any(index[0] % 4 for index, _ in clips)
+
+
+def test_uint8_clips_normalized_on_the_device_equal_the_loaders_float_clips(ref4_shards):
+    from test_data_roundtrip import read_markers
+    from videodata import normalize_video
+
+    kw = dict(frames=4, stride=4, crop=24, batch_size=4, num_workers=0, epoch_samples=4, seed=3,
+              mean=(0.45,) * 3, std=(0.225,) * 3)
+    host = next(iter(build_train_loader(ref4_shards, **kw)))
+    raw = next(iter(build_train_loader(ref4_shards, normalize=False, **kw)))
+    assert raw["video"].dtype == torch.uint8 and raw["video"].shape == host["video"].shape
+    assert raw["frame_index"].tolist() == host["frame_index"].tolist()
+    video = normalize_video(raw["video"], (0.45,) * 3, (0.225,) * 3)
+    assert torch.allclose(video, host["video"], atol=1e-6)
+    assert all(read_markers(v) == i for v, i in zip(video, raw["frame_index"].tolist()))
+    with pytest.raises(ValueError):
+        build_train_loader(ref4_shards, normalize=False, erase_prob=0.25, **kw)
+
+
+def test_pretraining_normalizes_the_loaders_uint8_clips_on_the_device():
+    from pretrain.run import PretrainConfig, clips_normalizer
+    from videodata.transforms import Normalize
+
+    clips = torch.randint(0, 256, (2, 3, 4, 8, 8), dtype=torch.uint8)  # (B, 3, T, H, W)
+    batch = clips_normalizer(PretrainConfig())({"video": clips, "label": None})
+    host = torch.stack([Normalize((0.45,) * 3, (0.225,) * 3)(c.permute(1, 0, 2, 3)) for c in clips])
+    assert batch["video"].dtype == torch.float32 and torch.equal(batch["video"], host)
+    cfg = PretrainConfig()
+    cfg.data.normalize_on_device = False
+    assert clips_normalizer(cfg) is None

@@ -385,10 +385,11 @@ def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 2
                        world_size: int | None = None, start_epoch: int = 0, shuffle_buffer: int = 64,
                        interpolation: str = "bilinear", pin_memory: bool = False,
                        max_consecutive_failures: int = 1000, mask_generator=None,
-                       align_starts: bool = False) -> DataLoader:
+                       align_starts: bool = False, normalize: bool = True) -> DataLoader:
     """Training DataLoader over shards; already split across ranks and workers.
 
-    Batches: {"video": float (B, 3, T, crop, crop) normalized, "label": long (B,) (-1:
+    Batches: {"video": float (B, 3, T, crop, crop) normalized (uint8 with normalize=False),
+    "label": long (B,) (-1:
     unlabeled), "skipped": long scalar, "frame_index": long (B, T), "video_id": list[str],
     "view": long (B,) (repeat index)}, plus "mask": bool (B, t, h, w) from
     mask_generator(B, generator=...) when given (made in the workers; see the module
@@ -404,6 +405,8 @@ def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 2
     align_starts: random clips start only on the reference-frame grid of shards written
     with a ref_stride that divides `stride` (decoding then skips the frames between;
     docs/data_speed.md); False: any start, as the reference samples.
+    normalize: False gives "video" as uint8 (B, 3, T, crop, crop), to be normalized on the
+    training device with videodata.normalize_video(video, mean, std) (not with erase_prob).
     """
     url_list = expand_urls(urls)
     rank, world_size = resolve_rank(rank, world_size)
@@ -416,7 +419,8 @@ def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 2
     videos_per_batch = batch_size // repeats if repeats else batch_size
     batches_per_worker = max(1, math.ceil(epoch_samples / (world_size * workers * videos_per_batch)))
     transform = TrainTransform(crop, scale=scale, ratio=ratio, flip=flip, rand_augment=rand_augment,
-                               erase_prob=erase_prob, mean=mean, std=std, interpolation=interpolation)
+                               erase_prob=erase_prob, mean=mean, std=std, interpolation=interpolation,
+                               normalize=normalize)
     dataset = TrainClips(url_list, frames=frames, stride=stride, transform=transform, batch_size=batch_size,
                          batches_per_worker=batches_per_worker, num_workers=num_workers, rank=rank,
                          world_size=world_size, seed=seed, start_epoch=start_epoch, shuffle_buffer=shuffle_buffer,
