@@ -324,6 +324,7 @@ MASKFEAT_LEVERS = [
     ("320, any start: skip + ref_stride 4 + CAVLC + uint8", "ref4+cavlc", True, UINT8),
     ("320, all: skip + ref_stride 4 + CAVLC + uint8, aligned starts", "ref4+cavlc", True,
      dict(UINT8, align_starts=True)),
+    ("256, any start: skip + ref_stride 4 + CAVLC + uint8", "ref4+cavlc 256", True, UINT8),
     ("256, all: skip + ref_stride 4 + CAVLC + uint8, aligned starts", "ref4+cavlc 256", True,
      dict(UINT8, align_starts=True)),
 ]
@@ -382,6 +383,8 @@ def main_recipes(args) -> int:
 
         rows = {}  # (recipe, lever) -> (iterator, skip_unused)
         for recipe, (kw, batch, masker) in recipes().items():
+            if args.only and args.only.lower() not in recipe.lower():
+                continue
             for name, kind, skip, extra in next(v for k, v in LEVERS.items() if recipe.startswith(k)):
                 settings = dict(kw, **extra)
                 loader = build_train_loader(urls[kind], batch_size=batch, num_workers=0, seed=0,
@@ -407,6 +410,8 @@ def main_recipes(args) -> int:
              f"{args.videos} synthetic {height}x{width} videos of {args.seconds:.0f} s at {args.fps:g} fps. GPU "
              f"clips/s: a FLOP model, {args.peak_tflops:g} TFLOP/s dense bf16 x {args.mfu:.0%} MFU, training = 3 x "
              f"forward.", "",
+             "× today's: ratio of the medians [median of the per-round ratios, each lever against today's "
+             "loader of the same round].", "",
              "| recipe | lever | clips per CPU-second (min, max) | × today's | GPU clips/s (model) | cores per GPU |",
              "|---|---|---|---:|---:|---:|"]
     table = []
@@ -414,11 +419,12 @@ def main_recipes(args) -> int:
         model, gmacs = GPU_MODELS[recipe]
         gpu = peak / (gmacs * 1e9 * TRAIN_FLOPS_PER_MAC)
         base = med[recipe, TODAY[0]]
+        paired = statistics.median(a / b for a, b in zip(cpu[recipe, name], cpu[recipe, TODAY[0]]))
         table.append(dict(recipe=recipe, lever=name, clips_per_cpu_s=v, min=min(cpu[recipe, name]),
-                          max=max(cpu[recipe, name]), vs_today=v / base, gpu_model=model, gpu_gmacs=gmacs,
-                          gpu_clips_per_s=gpu, cores_per_gpu=gpu / v))
+                          max=max(cpu[recipe, name]), vs_today=v / base, vs_today_paired=paired, gpu_model=model,
+                          gpu_gmacs=gmacs, gpu_clips_per_s=gpu, cores_per_gpu=gpu / v))
         lines.append(f"| {recipe} | {name} | {v:.1f} ({min(cpu[recipe, name]):.1f}, {max(cpu[recipe, name]):.1f}) "
-                     f"| {v / base:.2f} | {gpu:.0f} | {gpu / v:.0f} |")
+                     f"| {v / base:.2f} [{paired:.2f}] | {gpu:.0f} | {gpu / v:.0f} |")
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(dict(args=vars(args), kbit_per_s=kbits, rows=table,
@@ -444,6 +450,7 @@ def main(argv=None) -> int:
                    help="x264 CRF of the sources (default 23, the re-encoding's: then only the GOP differs)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak for the model (H100 SXM)")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOP utilization assumed for the GPU rate")
+    p.add_argument("--only", help="only the recipes whose name contains this (e.g. MaskFeat)")
     p.add_argument("--workdir", help="keep the videos and shards here (default: a temp folder)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)

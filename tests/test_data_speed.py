@@ -15,7 +15,7 @@ import torch
 
 from test_data_timing import TIMINGS, markers, write_video
 import videodata.decode
-from videodata import build_train_loader, decode_frames, write_shards, write_synthetic_videos
+from videodata import build_train_loader, decode_frames, read_manifest, write_shards, write_synthetic_videos
 from videodata.encode import encode_frames
 from videodata.sampling import random_clip
 from videodata.synthetic import frame_marker
@@ -151,3 +151,17 @@ def test_pretraining_normalizes_the_loaders_uint8_clips_on_the_device():
     cfg = PretrainConfig()
     cfg.data.normalize_on_device = False
     assert clips_normalizer(cfg) is None
+
+
+def test_make_shards_defaults_to_the_fast_decoding_layout(make_shards, tmp_path):
+    write_synthetic_videos(tmp_path / "videos", 1, size=(32, 48), frames=12)
+    runs = {"default": [], "x264": ["--ref-stride", "0", "--entropy", "cabac"], "gop 30": ["--gop", "30"]}
+    for name, extra in runs.items():
+        assert make_shards.main(["folders", str(tmp_path / "videos"), "--out", str(tmp_path / name), "--workers", "0",
+                                 "--no-progress", *extra]) == 0
+    options = {name: read_manifest(tmp_path / name)["options"] for name in runs}
+    assert (options["default"]["ref_stride"], options["default"]["cavlc"]) == (4, True)
+    assert (options["x264"]["ref_stride"], options["x264"]["cavlc"]) == (None, False)
+    assert options["gop 30"]["ref_stride"] is None  # 4 does not divide 30: x264's layout
+    assert make_shards.main(["folders", str(tmp_path / "videos"), "--out", str(tmp_path / "bad"),
+                             "--ref-stride", "3"]) == 2
