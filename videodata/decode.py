@@ -351,11 +351,13 @@ def decode_frames(source, indices, *, fps: float | None = None, short_side: int 
         def frames_of(run: list[int], selective: bool):
             """Decoded frames from the keyframe before run[0] on; with `selective`, the
             non-reference frames whose index is not in `run` are skipped by the decoder."""
+            codec = stream.codec_context
+            codec.skip_frame = "DEFAULT"
             container.seek(index_of.pts(run[0]), stream=stream, backward=True, any_frame=False)
             if not selective:
                 yield from container.decode(stream)
                 return
-            needed, codec = set(run), stream.codec_context
+            needed = set(run)
             try:
                 for packet in container.demux(stream):
                     index = index_of.index(packet.pts)
@@ -398,10 +400,13 @@ def decode_frames(source, indices, *, fps: float | None = None, short_side: int 
             return out
 
         for run in _runs(wanted, gop if gop else DEFAULT_SEEK_GAP):
-            try:
-                got.update(decode_run(run, skip_unused))
-            except _StandIn:
-                got.update(decode_run(run, False))
+            frames = None
+            if skip_unused:
+                try:
+                    frames = decode_run(run, True)
+                except _StandIn:
+                    pass  # decoded again below, in full (outside the handler: the selective pass is closed)
+            got.update(frames if frames is not None else decode_run(run, False))
     finally:
         container.close()
     return np.stack([got[i] for i in indices])

@@ -42,7 +42,6 @@ class Mp4Writer:
         with Mp4Writer(buf, width=160, height=128, fps=24, gop=16) as w:
             w.write(rgb)  # rgb: (H, W, 3) uint8, or an av.VideoFrame
 
-
     ref_stride: lay the frames out so that every `ref_stride`-th frame from each keyframe is
     a reference frame and the ones between are non-reference B-frames (x264 bframes =
     ref_stride - 1 with a fixed pattern: no adaptive B-frames, no B-pyramid, no scene-cut
@@ -182,8 +181,8 @@ def reencode(source, *, short_side: int | None = 320, max_fps: float | None = No
     keep the source's timing whatever its timestamps (variable frame rate, a start offset,
     B-frame reordering). With autorotate the frames are turned upright by the display
     rotation (a phone's portrait video is stored as portrait). ref_stride, cavlc: the
-    reference frame layout and entropy coding (Mp4Writer). Returns (mp4 bytes, info dict with fps, frames, width,
-    height, gop, ref_stride, rotation: the rotation applied).
+    reference frame layout and entropy coding (Mp4Writer). Returns (mp4 bytes, info
+    dict with fps, frames, width, height, gop, ref_stride, rotation: the rotation applied).
     Raises DecodeError for unreadable or truncated input.
     """
     from videodata.decode import check_complete, display_rotation, iter_frames, probe

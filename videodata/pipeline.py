@@ -389,8 +389,7 @@ def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 2
     """Training DataLoader over shards; already split across ranks and workers.
 
     Batches: {"video": float (B, 3, T, crop, crop) normalized (uint8 with normalize=False),
-    "label": long (B,) (-1:
-    unlabeled), "skipped": long scalar, "frame_index": long (B, T), "video_id": list[str],
+    "label": long (B,) (-1: unlabeled), "skipped": long scalar, "frame_index": long (B, T), "video_id": list[str],
     "view": long (B,) (repeat index)}, plus "mask": bool (B, t, h, w) from
     mask_generator(B, generator=...) when given (made in the workers; see the module
     docstring). B = batch_size clips = batch_size / repeats videos
