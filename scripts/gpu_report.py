@@ -17,9 +17,11 @@ Rows (bf16 autocast unless --dtype fp32; medians over timed repeats after warm-u
                         loader's workers, so 0 in the main process) and the data wait implied
                         by the loader row.
   HOG                   `HOGLayer` on the frames of one step (8 per clip x 32 clips) on the device.
-  loader                `build_train_loader` with the task's masker on synthetic shards made
-                        here, 16x4 clips cropped to 224, with 1 and N workers (wall-clock clips/s,
-                        and clips per CPU-second of the workers and the main process together).
+  loader                `build_train_loader` as pretraining runs it (the task's masker, uint8
+                        clips) on synthetic shards made here with make_shards' defaults (GOP 16,
+                        ref_stride 4, CAVLC), 16x4 clips cropped to 224, with 1 and N workers
+                        (wall-clock clips/s, and clips per CPU-second of the workers and the main
+                        process together).
   cores per GPU         measured: the MaskFeat step's clips/s (compiled when that row ran) divided
                         by the N-worker loader's clips per CPU-second, next to the step's data-wait
                         share; docs/data_speed.md has the modelled figure it replaces.
@@ -221,16 +223,19 @@ def loader_rows(ctx: Context) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         log(f"writing {s.videos} synthetic videos for the loader")
-        # written at the shards' resolution with their GOP (16), then stored without re-encoding
+        # written at the shards' resolution, then re-encoded as scripts/make_shards.py does by default
+        # (GOP 16, every 4th frame a reference, CAVLC: docs/data_speed.md)
         sources = write_synthetic_videos(Path(tmp) / "sources", s.videos, frames=s.video_frames, size=s.video_size,
                                          gop=16, noise=10.0)
-        manifest = write_shards(sources, Path(tmp) / "shards", max_count=2, reencode=False, workers=ctx.workers)
+        manifest = write_shards(sources, Path(tmp) / "shards", max_count=2, short_side=min(s.video_size), gop=16,
+                                ref_stride=4, cavlc=True, workers=ctx.workers)
         urls = str(Path(tmp) / "shards" / manifest["url_pattern"])
         for workers, what in zip(sorted({1, ctx.workers}), loader_names(ctx)):
             log(f"timing {what}")
             loader = build_train_loader(urls, frames=s.frames, stride=s.stride, crop=s.crop,
                                         batch_size=s.loader_batch, num_workers=workers, seed=0,
-                                        epoch_samples=10**9, shuffle_buffer=8, mask_generator=masker)
+                                        epoch_samples=10**9, shuffle_buffer=8, mask_generator=masker,
+                                        normalize=False)  # uint8 clips, as pretraining's data.normalize_on_device
             batches = iter(loader)
             for _ in range(workers):  # warm-up: every worker started, opened a shard, made a batch
                 if "mask" not in next(batches):
@@ -241,8 +246,8 @@ def loader_rows(ctx: Context) -> list[dict]:
             del batches, loader  # ends the workers
             per_cpu = clips / (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None and cpu1 > cpu0 else None
             rows.append(row(what, f"{s.frames}x{s.stride} clips, crop {s.crop}, batch {s.loader_batch}, "
-                                  f"{s.video_size[0]}p shards", per_s=clips / timer.wall, unit="clips/s", clips=clips,
-                            clips_per_cpu_s=per_cpu,
+                                  f"{s.video_size[0]}p ref_stride 4 + CAVLC shards, uint8 out",
+                            per_s=clips / timer.wall, unit="clips/s", clips=clips, clips_per_cpu_s=per_cpu,
                             notes=[f"{clips} clips after warm-up; main process {clips / timer.cpu:.0f} clips/CPU-s",
                                    f"workers + main process {per_cpu:.1f} clips/CPU-s" if per_cpu else
                                    "workers' CPU time unreadable (no /proc)"]))
