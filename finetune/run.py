@@ -59,6 +59,8 @@ class DataConfig:
     erase_prob: float = 0.0
     repeats: int = field(default=2, metadata={"help": "clips per decoded video (repeated sampling)"})
     short_side: Optional[int] = None
+    align_starts: bool = field(default=False, metadata={
+        "help": "start training clips only on the reference-frame grid of ref_stride shards (false: any start)"})
     epoch_samples: int = 0
     num_workers: int = 2
     test_clips: int = 3
@@ -325,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         num_workers=d.num_workers, seed=cfg.train.seed, epoch_samples=epoch_samples, scale=tuple(d.scale),
         ratio=tuple(d.ratio), flip=d.flip, short_side=d.short_side, rand_augment=d.rand_augment,
         erase_prob=d.erase_prob, repeats=d.repeats, sampling=d.sampling, rank=accelerator.process_index,
-        world_size=accelerator.num_processes, start_epoch=start, pin_memory=accelerator.device.type == "cuda")
+        world_size=accelerator.num_processes, start_epoch=start, pin_memory=accelerator.device.type == "cuda",
+        align_starts=d.align_starts)
     unwrapped = accelerator.unwrap_model(trainer.task)
 
     def on_step(step):

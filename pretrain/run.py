@@ -44,6 +44,12 @@ class DataConfig:
     num_workers: int = 2
     shuffle_buffer: int = 64
     repeats: int = 1
+    normalize_on_device: bool = field(default=True, metadata={
+        "help": "the loader hands over uint8 clips and the training device normalizes them (the same values, "
+                "less loader CPU); false: normalized on the loader's cores"})
+    align_starts: bool = field(default=False, metadata={
+        "help": "start clips only on the reference-frame grid of ref_stride shards (cheaper decoding; "
+                "false: any start, as the reference)"})
 
 
 @dataclass
@@ -97,7 +103,16 @@ def build_loader(cfg: PretrainConfig, urls: str, accelerator, start_epoch: int, 
                               repeats=d.repeats, rank=accelerator.process_index,
                               world_size=accelerator.num_processes, start_epoch=start_epoch,
                               shuffle_buffer=d.shuffle_buffer, pin_memory=accelerator.device.type == "cuda",
-                              mask_generator=task.masker)
+                              mask_generator=task.masker, align_starts=d.align_starts,
+                              normalize=not d.normalize_on_device)
+
+
+def clips_normalizer(cfg: PretrainConfig):
+    """Trainer's on_device hook: uint8 clips (data.normalize_on_device) -> normalized float."""
+    if not cfg.data.normalize_on_device:
+        return None
+    from videodata import normalize_video
+    return lambda batch: dict(batch, video=normalize_video(batch["video"]))
 
 
 def export_encoder(task: MaskFeat, cfg: PretrainConfig, step: int, accelerator) -> Path:
@@ -146,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         raise RunError("data.epoch_samples is needed (no manifest next to the shards)")
 
     sched = Schedule.derive(cfg.train, cfg.optim, epoch_samples, accelerator.num_processes)
-    trainer = Trainer(task, cfg.train, cfg.optim, sched, accelerator, start_run(accelerator, cfg, "tb"))
+    trainer = Trainer(task, cfg.train, cfg.optim, sched, accelerator, start_run(accelerator, cfg, "tb"),
+                      on_device=clips_normalizer(cfg))
     start = trainer.resume()
     accelerator.print(f"pretraining {cfg.model.name} ({sum(p.numel() for p in task.encoder.parameters()):,} "
                       f"encoder params) on {urls}: {describe(sched, accelerator)}")

@@ -358,11 +358,13 @@ class Trainer:
     """Owns the accelerator, optimizer, schedule and checkpoints of one run."""
 
     def __init__(self, task: torch.nn.Module, train: TrainConfig, optim: OptimConfig, sched: Schedule,
-                 accelerator: Accelerator, config_yaml: str, check_batch=None):
+                 accelerator: Accelerator, config_yaml: str, check_batch=None, on_device=None):
         """check_batch(batch): called on each batch while it is still on the host, before the
-        device sees it (raise RunError to stop with one line; no device sync per step)."""
+        device sees it (raise RunError to stop with one line; no device sync per step).
+        on_device(batch) -> batch: applied once the batch is on the device (e.g. normalizing
+        the uint8 clips of a loader built with normalize=False)."""
         self.cfg, self.sched, self.acc = train, sched, accelerator
-        self.check_batch = check_batch
+        self.check_batch, self.on_device = check_batch, on_device
         self.state = RunState(sched.global_batch)
         self.optimizer = make_optimizer(task, optim, sched.lr)
         self.scheduler = make_scheduler(self.optimizer, optim, sched)
@@ -432,6 +434,8 @@ class Trainer:
             if cfg.audit:
                 seen += list(batch.get("video_id", []))
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            if self.on_device is not None:
+                batch = self.on_device(batch)
             with acc.accumulate(self.task):
                 loss, report = self.task(batch)
                 acc.backward(loss)

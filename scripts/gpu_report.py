@@ -17,8 +17,14 @@ Rows (bf16 autocast unless --dtype fp32; medians over timed repeats after warm-u
                         loader's workers, so 0 in the main process) and the data wait implied
                         by the loader row.
   HOG                   `HOGLayer` on the frames of one step (8 per clip x 32 clips) on the device.
-  loader                `build_train_loader` with the task's masker on synthetic shards made
-                        here, 16x4 clips cropped to 224, with 1 and N workers (wall-clock clips/s).
+  loader                `build_train_loader` as pretraining runs it (the task's masker, uint8
+                        clips) on synthetic shards made here with make_shards' defaults (GOP 16,
+                        ref_stride 4, CAVLC), 16x4 clips cropped to 224, with 1 and N workers
+                        (wall-clock clips/s, and clips per CPU-second of the workers and the main
+                        process together).
+  cores per GPU         measured: the MaskFeat step's clips/s (compiled when that row ran) divided
+                        by the N-worker loader's clips per CPU-second, next to the step's data-wait
+                        share; docs/data_speed.md has the modelled figure it replaces.
 
 MFU is taken against --peak-tflops (default 989: dense bf16 of an H100/H200 SXM) on CUDA and
 against a measured fp32 matmul on CPU. A row that fails (an error, out of memory, a compile that
@@ -192,6 +198,21 @@ def hog_row(ctx: Context) -> dict:
                notes=[f"{t / n * 1e3:.3f} ms per frame"], ms_per_frame=t / n * 1e3)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (Linux /proc), None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def loader_cpu_seconds(batches) -> float | None:
+    """CPU seconds so far of a DataLoader iterator's worker processes and this process."""
+    workers = [cpu_seconds(w.pid) for w in getattr(batches, "_workers", [])]
+    return None if None in workers else sum(workers) + time.process_time()
+
+
 def loader_names(ctx: Context) -> list[str]:
     return [f"loader, {w} worker{'s' if w > 1 else ''}" for w in sorted({1, ctx.workers})]
 
@@ -203,25 +224,34 @@ def loader_rows(ctx: Context) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         log(f"writing {s.videos} synthetic videos for the loader")
-        # written at the shards' resolution with their GOP (16), then stored without re-encoding
+        # written at the shards' resolution, then re-encoded as scripts/make_shards.py does by default
+        # (GOP 16, every 4th frame a reference, CAVLC: docs/data_speed.md)
         sources = write_synthetic_videos(Path(tmp) / "sources", s.videos, frames=s.video_frames, size=s.video_size,
                                          gop=16, noise=10.0)
-        manifest = write_shards(sources, Path(tmp) / "shards", max_count=2, reencode=False, workers=ctx.workers)
+        manifest = write_shards(sources, Path(tmp) / "shards", max_count=2, short_side=min(s.video_size), gop=16,
+                                ref_stride=4, cavlc=True, workers=ctx.workers)
         urls = str(Path(tmp) / "shards" / manifest["url_pattern"])
         for workers, what in zip(sorted({1, ctx.workers}), loader_names(ctx)):
             log(f"timing {what}")
             loader = build_train_loader(urls, frames=s.frames, stride=s.stride, crop=s.crop,
                                         batch_size=s.loader_batch, num_workers=workers, seed=0,
-                                        epoch_samples=10**9, shuffle_buffer=8, mask_generator=masker)
+                                        epoch_samples=10**9, shuffle_buffer=8, mask_generator=masker,
+                                        normalize=False)  # uint8 clips, as pretraining's data.normalize_on_device
             batches = iter(loader)
             for _ in range(workers):  # warm-up: every worker started, opened a shard, made a batch
                 if "mask" not in next(batches):
                     raise RuntimeError("the loader made no masks")
+            cpu0 = loader_cpu_seconds(batches)
             timer, clips, _ = time_loader(batches, s.loader_batches * workers)
+            cpu1 = loader_cpu_seconds(batches)
             del batches, loader  # ends the workers
+            per_cpu = clips / (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None and cpu1 > cpu0 else None
             rows.append(row(what, f"{s.frames}x{s.stride} clips, crop {s.crop}, batch {s.loader_batch}, "
-                                  f"{s.video_size[0]}p shards", per_s=clips / timer.wall, unit="clips/s", clips=clips,
-                            notes=[f"{clips} clips after warm-up; main process {clips / timer.cpu:.0f} clips/CPU-s"]))
+                                  f"{s.video_size[0]}p ref_stride 4 + CAVLC shards, uint8 out",
+                            per_s=clips / timer.wall, unit="clips/s", clips=clips, clips_per_cpu_s=per_cpu,
+                            notes=[f"{clips} clips after warm-up; main process {clips / timer.cpu:.0f} clips/CPU-s",
+                                   f"workers + main process {per_cpu:.1f} clips/CPU-s" if per_cpu else
+                                   "workers' CPU time unreadable (no /proc)"]))
     return rows
 
 
@@ -240,6 +270,26 @@ def add_data_wait(rows: dict, ctx: Context):
         step["data_wait_share"] = wait / (step["time_s"] + wait)
         step["notes"].append(f"data wait {100 * step['data_wait_share']:.0f} % ({loader:.1f} clips/s from "
                              f"{ctx.workers} workers vs {step['throughput']:.1f} clips/s of steps)")
+
+
+CORES_ROW = "cores per GPU (measured)"
+
+
+def cores_row(rows: dict, ctx: Context) -> dict:
+    """Cores that would keep one device fed: the step's clips/s over the loader's clips per
+    CPU-second (per core), with the step's data-wait share next to it."""
+    loader = rows.get(loader_names(ctx)[-1], {})
+    step = next((rows[n] for n in (step_name(True), step_name(False)) if rows.get(n, {}).get("throughput")), None)
+    if step is None or not loader.get("clips_per_cpu_s"):
+        return row(CORES_ROW, "", notes=["unknown: no step or no loader CPU rate"])
+    cores = step["throughput"] / loader["clips_per_cpu_s"]
+    wait = step.get("data_wait_share")
+    return row(CORES_ROW, f"{step['what']} ÷ {loader['what']}", per_s=cores, unit="cores",
+               cores_per_gpu=cores, data_wait_share=wait,
+               notes=[f"{step['throughput']:.1f} clips/s of steps ÷ {loader['clips_per_cpu_s']:.1f} clips per "
+                      f"CPU-second of the loader (16x4 clips at 224, {ctx.sizes.video_size[0]}p shards written here)",
+                      "data wait unknown" if wait is None else
+                      f"data wait {100 * wait:.0f} % with {ctx.workers} workers"])
 
 
 # ----------------------------------------------------------------------------- running and the table
@@ -340,9 +390,10 @@ def main(argv=None) -> int:
     for names, fn, opts in plan:
         rows.update((r["what"], r) for r in run_rows(names, fn, ctx, **opts))
     add_data_wait(rows, ctx)
+    rows[CORES_ROW] = cores_row(rows, ctx)
 
     order = model_names(False) + model_names(True) + [step_name(False), step_name(True), "HOG targets",
-                                                      *loader_names(ctx)]
+                                                      *loader_names(ctx), CORES_ROW]
     info = header(ctx, peak_note, time.perf_counter() - start, args.budget)
     text = "\n".join([f"# GPU report ({'--small' if args.small else 'full sizes'})", "",
                       ", ".join(f"{k} {v}" for k, v in info.items() if k != "sizes" and v is not None), "",

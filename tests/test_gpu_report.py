@@ -41,3 +41,8 @@ def test_gpu_report_small_cpu(tmp_path):
     assert step["worker_mask_s"] > 0 and 0 < step["targets_s"] < step["time_s"]
     assert step["peak_memory_bytes"] > 0 and 0 <= step["data_wait_share"] < 1
     assert "main-process mask time: 0 (loader workers)" in text
+    # the day a GPU is lent: cores per GPU from the measured step and the loader's CPU time
+    cores, loader = rows["cores per GPU (measured)"], rows["loader, 2 workers"]
+    assert 0 < loader["clips_per_cpu_s"] < math.inf
+    assert cores["cores_per_gpu"] == cores["throughput"] == step["throughput"] / loader["clips_per_cpu_s"]
+    assert cores["data_wait_share"] == step["data_wait_share"]

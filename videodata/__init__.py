@@ -16,12 +16,12 @@ from videodata.pipeline import build_eval_loader, build_train_loader, expand_url
 from videodata.shards import check_videos, read_manifest, write_shards
 from videodata.sources import VideoSource
 from videodata.synthetic import write_synthetic_videos
-from videodata.transforms import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD
+from videodata.transforms import IMAGENET_MEAN, IMAGENET_STD, KINETICS_MEAN, KINETICS_STD, normalize_video
 
 __all__ = [
     "DecodeError", "decode_frames", "probe", "scan_video",
     "build_train_loader", "build_eval_loader", "expand_urls", "resolve_rank",
     "write_shards", "check_videos", "read_manifest", "VideoSource",
     "write_synthetic_videos",
-    "KINETICS_MEAN", "KINETICS_STD", "IMAGENET_MEAN", "IMAGENET_STD",
+    "KINETICS_MEAN", "KINETICS_STD", "IMAGENET_MEAN", "IMAGENET_STD", "normalize_video",
 ]

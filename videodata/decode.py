@@ -6,6 +6,15 @@ that shard preparation writes, index k is the k-th frame exactly. Clip decoding 
 the keyframe at or before the first wanted frame and decodes forward only as far as the
 last wanted frame; with a short GOP that is a few frames more than the clip itself.
 
+On the way, frames that no other frame references and that the clip does not use are not
+decoded at all (`skip_unused`): before each packet goes to the decoder, FFmpeg's
+`skip_frame` is set to NONREF when the packet's own frame index (from its pts) is not
+wanted, else to DEFAULT. Skipping a non-reference frame cannot change any other frame, so
+the returned pixels are the same as from a full decode. How much it saves depends on the
+encoding: with shard preparation's `ref_stride=4` layout (encode.py) every 4th frame is a
+reference and the three between are not, so a stride-4 clip that starts on that grid
+decodes about one frame in four of its span.
+
 Decoding uses one thread (FFmpeg's frame threads would fight the DataLoader workers for
 cores; parallelism comes from the workers).
 """
@@ -156,6 +165,10 @@ class _FrameIndexer:
             self.last = round((frame.pts - self.start) * self.tb * self.fps)
         return self.last
 
+    def index(self, pts: int | None) -> int | None:
+        """Frame index of a timestamp (a packet's), without counting; None for None."""
+        return None if pts is None else round((pts - self.start) * self.tb * self.fps)
+
     def pts(self, index: int) -> int:
         """Presentation timestamp slightly before frame `index` (for seeking)."""
         return self.start + max(0, math.floor((index - 0.5) / self.fps / self.tb))
@@ -291,8 +304,13 @@ def _runs(wanted: list[int], gap: int) -> list[list[int]]:
     return runs
 
 
+class _StandIn(Exception):
+    """Selective decoding met a wanted index without a frame of its own (variable frame
+    rate): the frame that stands in for it must come from a full decode of the run."""
+
+
 def decode_frames(source, indices, *, fps: float | None = None, short_side: int | None = None,
-                  gop: int | None = None, rotation: int | None = None) -> np.ndarray:
+                  gop: int | None = None, rotation: int | None = None, skip_unused: bool = True) -> np.ndarray:
     """Decode the frames at `indices` (any order, repeats allowed).
 
     source: video bytes or a path. fps: the frame rate the indices refer to (default: the
@@ -300,6 +318,10 @@ def decode_frames(source, indices, *, fps: float | None = None, short_side: int 
     gop: the keyframe interval if known, to decide when seeking beats decoding through.
     rotation: counter-clockwise degrees to turn the frames (None: the video's display
     rotation, so frames come out as a player shows them; 0: as stored).
+    skip_unused: do not decode non-reference frames that are not wanted (see the module
+    docstring; the result is the same, only cheaper). A run in which some wanted index has
+    no frame of its own (variable frame rate) is decoded again in full, so that the frame
+    standing in for it is the one a full decode gives.
     Returns (len(indices), H, W, 3) uint8 RGB.
     """
     indices = [int(i) for i in indices]
@@ -326,33 +348,65 @@ def decode_frames(source, indices, *, fps: float | None = None, short_side: int 
             return upright(reformatter.reformat(frame, format="rgb24", height=size[0], width=size[1],
                                                 interpolation="BILINEAR").to_ndarray(), rotation)
 
-        for run in _runs(wanted, gop if gop else DEFAULT_SEEK_GAP):
+        def frames_of(run: list[int], selective: bool):
+            """Decoded frames from the keyframe before run[0] on; with `selective`, the
+            non-reference frames whose index is not in `run` are skipped by the decoder."""
+            codec = stream.codec_context
+            codec.skip_frame = "DEFAULT"
+            container.seek(index_of.pts(run[0]), stream=stream, backward=True, any_frame=False)
+            if not selective:
+                yield from container.decode(stream)
+                return
+            needed = set(run)
+            try:
+                for packet in container.demux(stream):
+                    index = index_of.index(packet.pts)
+                    codec.skip_frame = "NONREF" if index is not None and index not in needed else "DEFAULT"
+                    yield from packet.decode()
+            finally:
+                codec.skip_frame = "DEFAULT"
+
+        def decode_run(run: list[int], selective: bool) -> dict[int, np.ndarray]:
+            out: dict[int, np.ndarray] = {}
             pending = iter(run)
             want = next(pending)
             last_index, last_frame = -1, None
             try:
-                container.seek(index_of.pts(run[0]), stream=stream, backward=True, any_frame=False)
-                for frame in container.decode(stream):
+                for frame in frames_of(run, selective):
                     last_index, last_frame = index_of(frame), frame
                     if last_index < want:
                         continue
+                    if selective and last_index > want:
+                        raise _StandIn()
                     rgb = to_rgb(frame)
                     # A frame stands in for every wanted index up to its own: with variable
                     # frame rates some indices have no frame of their own.
                     while want is not None and want <= last_index:
-                        got[want] = rgb
+                        out[want] = rgb
                         want = next(pending, None)
                     if want is None:
                         break
             except av.FFmpegError as exn:
                 raise DecodeError(f"decode error near frame {index_of.last}: {_reason(exn)}") from None
             if want is not None:
+                if selective:
+                    raise _StandIn()  # the tail rule below needs the last frame of a full decode
                 # The stream ended before the run did.
                 if last_frame is None or run[-1] > last_index + TAIL_SLACK:
                     raise DecodeError(f"video ends at frame {last_index}, clip needs frame {run[-1]}")
                 rgb = to_rgb(last_frame)
                 for i in run:
-                    got.setdefault(i, rgb)
+                    out.setdefault(i, rgb)
+            return out
+
+        for run in _runs(wanted, gop if gop else DEFAULT_SEEK_GAP):
+            frames = None
+            if skip_unused:
+                try:
+                    frames = decode_run(run, True)
+                except _StandIn:
+                    pass  # decoded again below, in full (outside the handler: the selective pass is closed)
+            got.update(frames if frames is not None else decode_run(run, False))
     finally:
         container.close()
     return np.stack([got[i] for i in indices])

@@ -247,7 +247,8 @@ class TrainClips(IterableDataset):
     def __init__(self, urls, *, frames: int, stride: int, transform: TrainTransform, batch_size: int,
                  batches_per_worker: int, num_workers: int, rank: int, world_size: int, seed: int = 0,
                  start_epoch: int = 0, shuffle_buffer: int = 64, repeats: int = 1, sampling: str = "random",
-                 short_side: int | None = None, max_consecutive_failures: int = 1000, mask_generator=None):
+                 short_side: int | None = None, max_consecutive_failures: int = 1000, mask_generator=None,
+                 align_starts: bool = False):
         if sampling not in ("random", "segment"):
             raise ValueError(f"training sampling must be 'random' or 'segment', got {sampling!r}")
         if batch_size % repeats:
@@ -260,6 +261,7 @@ class TrainClips(IterableDataset):
         self.shuffle_buffer, self.short_side = shuffle_buffer, short_side
         self.max_consecutive_failures = max_consecutive_failures
         self.mask_generator = mask_generator
+        self.align_starts = align_starts
         self._stream = None
 
     def __len__(self) -> int:
@@ -273,7 +275,14 @@ class TrainClips(IterableDataset):
     def _clips(self, sample: Sample, rng: random.Random) -> list[list[int]]:
         if self.sampling == "segment":
             return [segment_clip(sample.num_frames, self.frames, rng=rng) for _ in range(self.repeats)]
-        return [random_clip(sample.num_frames, self.frames, self.stride, rng) for _ in range(self.repeats)]
+        return [random_clip(sample.num_frames, self.frames, self.stride, rng, align=self._align(sample))
+                for _ in range(self.repeats)]
+
+    def _align(self, sample: Sample) -> int:
+        """The start grid of a random clip: the shard's reference-frame stride when
+        align_starts is on and the clip stride is a multiple of it, else 1 (any start)."""
+        ref = int(sample.meta.get("ref_stride") or 1)
+        return ref if self.align_starts and ref > 1 and self.stride % ref == 0 else 1
 
     def _batches(self):
         slot = _Slot(self.rank, self.world_size, self.seed, self.start_epoch)
@@ -375,11 +384,12 @@ def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 2
                        sampling: str = "random", mean=KINETICS_MEAN, std=KINETICS_STD, rank: int | None = None,
                        world_size: int | None = None, start_epoch: int = 0, shuffle_buffer: int = 64,
                        interpolation: str = "bilinear", pin_memory: bool = False,
-                       max_consecutive_failures: int = 1000, mask_generator=None) -> DataLoader:
+                       max_consecutive_failures: int = 1000, mask_generator=None,
+                       align_starts: bool = False, normalize: bool = True) -> DataLoader:
     """Training DataLoader over shards; already split across ranks and workers.
 
-    Batches: {"video": float (B, 3, T, crop, crop) normalized, "label": long (B,) (-1:
-    unlabeled), "skipped": long scalar, "frame_index": long (B, T), "video_id": list[str],
+    Batches: {"video": float (B, 3, T, crop, crop) normalized (uint8 with normalize=False),
+    "label": long (B,) (-1: unlabeled), "skipped": long scalar, "frame_index": long (B, T), "video_id": list[str],
     "view": long (B,) (repeat index)}, plus "mask": bool (B, t, h, w) from
     mask_generator(B, generator=...) when given (made in the workers; see the module
     docstring). B = batch_size clips = batch_size / repeats videos
@@ -391,6 +401,11 @@ def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 2
     short_side: resize frames while decoding (None: keep the shards' size, 320 by default).
     sampling: "random" (clip of `frames` frames every `stride`) or "segment" (one random
     frame from each of `frames` equal segments of the whole video, for SSv2; stride unused).
+    align_starts: random clips start only on the reference-frame grid of shards written
+    with a ref_stride that divides `stride` (decoding then skips the frames between;
+    docs/data_speed.md); False: any start, as the reference samples.
+    normalize: False gives "video" as uint8 (B, 3, T, crop, crop), to be normalized on the
+    training device with videodata.normalize_video(video, mean, std) (not with erase_prob).
     """
     url_list = expand_urls(urls)
     rank, world_size = resolve_rank(rank, world_size)
@@ -403,12 +418,14 @@ def build_train_loader(urls, *, frames: int = 16, stride: int = 4, crop: int = 2
     videos_per_batch = batch_size // repeats if repeats else batch_size
     batches_per_worker = max(1, math.ceil(epoch_samples / (world_size * workers * videos_per_batch)))
     transform = TrainTransform(crop, scale=scale, ratio=ratio, flip=flip, rand_augment=rand_augment,
-                               erase_prob=erase_prob, mean=mean, std=std, interpolation=interpolation)
+                               erase_prob=erase_prob, mean=mean, std=std, interpolation=interpolation,
+                               normalize=normalize)
     dataset = TrainClips(url_list, frames=frames, stride=stride, transform=transform, batch_size=batch_size,
                          batches_per_worker=batches_per_worker, num_workers=num_workers, rank=rank,
                          world_size=world_size, seed=seed, start_epoch=start_epoch, shuffle_buffer=shuffle_buffer,
                          repeats=repeats, sampling=sampling, short_side=short_side,
-                         max_consecutive_failures=max_consecutive_failures, mask_generator=mask_generator)
+                         max_consecutive_failures=max_consecutive_failures, mask_generator=mask_generator,
+                         align_starts=align_starts)
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0, worker_init_fn=_worker_init)
 

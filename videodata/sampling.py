@@ -30,11 +30,19 @@ def _check(num_frames: int, needed: int, pad: bool) -> None:
         raise TooShortError(f"video has {num_frames} frames, clip needs {needed}")
 
 
-def random_clip(num_frames: int, frames: int, stride: int, rng: random.Random, pad: bool = False) -> list[int]:
-    """Training clip: start uniform over every position where the clip fits."""
+def random_clip(num_frames: int, frames: int, stride: int, rng: random.Random, pad: bool = False,
+                align: int = 1) -> list[int]:
+    """Training clip: start uniform over every position where the clip fits (the
+    reference), or with align > 1 over the multiples of `align` where it fits.
+
+    align = the shards' ref_stride (videodata.encode.Mp4Writer) puts every frame of a
+    clip whose stride is a multiple of it on a reference frame, so decoding can skip the
+    frames between; the clip is still `frames` frames `stride` apart, only its start is
+    on a coarser grid (every 4th frame: 133 ms at 30 fps).
+    """
     span = clip_span(frames, stride)
     _check(num_frames, span, pad)
-    start = rng.randint(0, max(0, num_frames - span))
+    start = align * rng.randint(0, max(0, num_frames - span) // align)
     return _clip(start, frames, stride, num_frames)
 
 

@@ -7,6 +7,9 @@ copy mode) + `<key>.json`:
      "fps": 30.0, "frames": 300, "duration": 10.0, "width": 427, "height": 320,
      "gop": 16, "rotation": 0, "reencoded": true, "source": "0wR5jVB-WPk_000417_000427.mp4"}
 
+(+ "ref_stride": 4 when the shards were written with that reference-frame layout,
+videodata.encode.Mp4Writer; the loader can then start clips on the reference grid.)
+
 Next to the shards: `name-manifest.json` (classes, counts per shard, totals, command and
 options), `name-failures.csv` (path, reason) for every video that could not be used, and
 `name-state.json` (the run's fingerprint and complete shards, to resume an interrupted run).
@@ -55,6 +58,8 @@ class EncodeOptions:
     preset: str = "veryfast"
     autorotate: bool = True  # show frames upright, as players do (display rotation)
     min_frames: int = 2  # fewer decoded frames: "too short" (one frame is a still image)
+    ref_stride: int | None = None  # every ref_stride-th frame a reference (encode.Mp4Writer); None: x264's
+    cavlc: bool = False  # CAVLC instead of CABAC entropy coding: cheaper decoding (encode.Mp4Writer)
 
 
 def shard_name(name: str, index: int) -> str:
@@ -83,7 +88,8 @@ def prepare_video(source: VideoSource, options: EncodeOptions) -> tuple[bytes, s
     data = _read_bytes(source.path)
     if options.reencode:
         video, info = reencode(data, short_side=options.short_side, max_fps=options.max_fps, gop=options.gop,
-                               crf=options.crf, preset=options.preset, autorotate=options.autorotate)
+                               crf=options.crf, preset=options.preset, autorotate=options.autorotate,
+                               ref_stride=options.ref_stride, cavlc=options.cavlc)
         ext, rotation = "mp4", 0  # the pixels are stored upright
     else:
         scanned = scan_video(data, autorotate=options.autorotate)
@@ -96,6 +102,8 @@ def prepare_video(source: VideoSource, options: EncodeOptions) -> tuple[bytes, s
                 frames=info["frames"], duration=round(info["frames"] / info["fps"], 4), width=info["width"],
                 height=info["height"], gop=info["gop"], rotation=rotation, reencoded=options.reencode,
                 source=os.path.basename(source.path))
+    if info.get("ref_stride"):
+        meta["ref_stride"] = info["ref_stride"]
     return video, ext, meta
 
 
@@ -302,7 +310,9 @@ def url_pattern(name: str, num_shards: int) -> str:
 def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None = 1000,
                  max_bytes: int | None = 1_000_000_000, reencode: bool = True, short_side: int | None = 320,
                  max_fps: float | None = None, gop: int = 16, crf: int = 23, preset: str = "veryfast",
-                 autorotate: bool = True, min_frames: int = 2, workers: int = 1, seed: int = 0,
+                 autorotate: bool = True, min_frames: int = 2, ref_stride: int | None = None, cavlc: bool = False,
+                 workers: int = 1,
+                 seed: int = 0,
                  classes: list[str] | None = None, failures: list[tuple[str, str]] = (), command: str | None = None,
                  inputs: dict | None = None, timeout: int | None = 600, resume: bool = False,
                  progress: bool = False) -> dict:
@@ -333,12 +343,15 @@ def write_shards(samples, out_dir, *, name: str = "train", max_count: int | None
         raise ValueError("give max_count and/or max_bytes")
     if reencode and not 1 <= gop <= 32:
         raise ValueError(f"gop must be in 1..32 (short GOPs make clips cheap to decode), got {gop}")
+    if reencode and ref_stride is not None and (ref_stride < 1 or gop % ref_stride):
+        raise ValueError(f"ref_stride {ref_stride} must divide gop {gop} (keyframes stay on the reference grid)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # An interrupted re-run must not leave the previous manifest describing new shards.
     (out_dir / (name + MANIFEST_SUFFIX)).unlink(missing_ok=True)
     options = EncodeOptions(reencode=reencode, short_side=short_side, max_fps=max_fps, gop=gop, crf=crf,
-                            preset=preset, autorotate=autorotate, min_frames=min_frames)
+                            preset=preset, autorotate=autorotate, min_frames=min_frames,
+                            ref_stride=ref_stride if reencode else None, cavlc=cavlc and reencode)
     order = list(range(len(samples)))
     random.Random(seed).shuffle(order)
     state_path = out_dir / (name + STATE_SUFFIX)
@@ -411,7 +424,11 @@ def _fingerprint(name: str, options: EncodeOptions, layout: dict, samples: list[
             return None
 
     inputs = [[s.path, s.label, s.label_name, s.source_id, stat(s.path)] for s in samples]
-    text = json.dumps([FORMAT, name, asdict(options), layout, inputs], sort_keys=True)
+    opts = asdict(options)
+    for key in ("ref_stride", "cavlc"):  # runs from before these options existed stay resumable
+        if not opts[key]:
+            del opts[key]
+    text = json.dumps([FORMAT, name, opts, layout, inputs], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
