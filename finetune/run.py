@@ -49,7 +49,7 @@ class DataConfig:
     demo_root: str = "data/demo"
     frames: int = 8
     stride: int = 2
-    crop: int = 96
+    crop: int = 64
     sampling: str = field(default="random", metadata={"help": "random clips, or segment (SSv2)"})
     scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])

@@ -49,8 +49,8 @@ _CONFIGS: dict[str, MViTConfig] = {
     "mvitv1_b_32x3": MViTConfig(depths=(2, 3, 16, 3), input_size=(32, 224, 224), pool_kernel=None,
                                 drop_path_rate=0.3, **_V1, **_VIDEO),
     "mvitv1_b_16": MViTConfig(depths=(1, 2, 11, 2), drop_path_rate=0.1, **{**_IMAGE, **_V1}),
-    # a 1.7M-parameter MaskFeat MViTv2 for the CPU demo (8×96² clips)
-    "mvitv2_demo_8x2_maskfeat": MViTConfig(depths=(1, 2, 3, 1), embed_dim=32, input_size=(8, 96, 96),
+    # a 1.7M-parameter MaskFeat MViTv2 for the CPU demo (8×64² clips)
+    "mvitv2_demo_8x2_maskfeat": MViTConfig(depths=(1, 2, 3, 1), embed_dim=32, input_size=(8, 64, 64),
                                            num_classes=12, **_MASKFEAT),
 }
 

@@ -35,7 +35,7 @@ class DataConfig:
     demo_root: str = "data/demo"
     frames: int = 8
     stride: int = 2
-    crop: int = 96
+    crop: int = 64
     scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333])
     flip: bool = True
@@ -56,8 +56,8 @@ class DataConfig:
 class MaskConfig:
     ratio: float = 0.4
     mode: str = field(default="cube", metadata={"help": "cube (reference), tube or random"})
-    # The reference's unit, 1x8x8 patch tokens, is 1/7 of a 224 frame's width. The demo's 96 px clips
-    # keep about that proportion with 1x4x4 (16 px); at 1x8x8 a unit would be a third of the frame.
+    # The reference's unit, 1x8x8 patch tokens, is 1/7 of a 224 frame's width. The demo's 64 px clips
+    # take 1x4x4 (16 px, 4x4 units a frame), the finest unit that tiles their 4x4 output token grid.
     unit: List[int] = field(default_factory=lambda: [1, 4, 4], metadata={
         "help": "mask unit in patch tokens (t, h, w); the recipes use the reference's [1, 8, 8]"})
     targets: List[str] = field(default_factory=lambda: ["hog"], metadata={"help": "hog and/or pixel"})

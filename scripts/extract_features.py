@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("clips (the finetune stage's test views)")
     g.add_argument("--frames", type=positive, default=8)
     g.add_argument("--stride", type=positive, default=2)
-    g.add_argument("--crop", type=positive, default=96)
+    g.add_argument("--crop", type=positive, default=64)
     g.add_argument("--clips", type=positive, default=1, help="temporal clips per video")
     g.add_argument("--crops", type=positive, default=1, help="spatial crops per clip")
     g.add_argument("--sampling", choices=["uniform", "segment"], default="uniform", help="segment: SSv2")

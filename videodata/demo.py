@@ -27,7 +27,7 @@ from videodata.shards import read_manifest, write_shards
 from videodata.synthetic import LABELS, write_synthetic_videos
 
 SPEC = {"version": 3, "background": "scene", "frames": 40, "size": [144, 192],
-        "videos": {"pretrain": 480, "val": 120}, "seeds": {"pretrain": 10, "val": 1}, "labelled_per_class": 4}
+        "videos": {"pretrain": 480, "val": 120}, "seeds": {"pretrain": 10, "val": 1}, "labelled_per_class": 8}
 SPLITS = ("pretrain", "train", "val")
 
 
