@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="more overrides for the upper bound (a), after --finetune-args: it has 5x the labelled "
                         "videos of (b), and gets 2x their steps")
     p.add_argument("--skip-runs", action="store_true", help="only read the existing run folders")
+    p.add_argument("--reuse-pretraining", action="store_true",
+                   help="keep each seed's finished pretraining run (and its time) and run the other stages again")
     return p
 
 
@@ -102,26 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def stage_commands(seed: int, out: Path, pretrain_args: list[str], finetune_args: list[str],
-                   urls: dict[str, str], upper_args: list[str] = ()) -> dict[str, list[str]]:
-    """{stage: entry point and its arguments} of one seed (without the launcher); urls: the
-    demo's {split: shard pattern}. The ladder's stages take the finetune demo's recipe
-    (finetune_args included) with other labels."""
+                   urls: dict[str, str] | None, upper_args: list[str] = ()) -> dict[str, list[str]]:
+    """{stage: entry point and its arguments} of one seed (without the launcher): the two demo
+    commands, then, given the demo's {split: shard pattern} (urls), the ladder's stages, which
+    take the finetune demo's recipe (finetune_args included) with other labels."""
     run = out / f"seed{seed}"
     export = run / "pretrain" / "export" / "encoder.safetensors"
-    common = [f"train.seed={seed}", "train.progress=false"]
-    all_labels = [f"data.train={urls['pretrain']}", f"data.val={urls['val']}"]
-    return {
-        "pretrain": ["pretrain/run.py", *common[:1], f"train.output_dir={run / 'pretrain'}", *common[1:],
-                     *pretrain_args],
-        "finetune": ["finetune/run.py", f"init={export}", *common[:1], f"train.output_dir={run / 'finetune'}",
-                     *common[1:], *finetune_args],
-        "upper": ["finetune/run.py", "init=none", *all_labels, "compare_scratch=false", *common[:1],
-                  f"train.output_dir={run / 'upper'}", *common[1:], *finetune_args, *upper_args],
-        "probe_maskfeat": ["finetune/run.py", "frozen_eval=true", f"init={export}", *all_labels, *common[:1],
-                           f"train.output_dir={run / 'probe_maskfeat'}", *common[1:], *finetune_args],
-        "probe_random": ["finetune/run.py", "frozen_eval=true", "init=none", *all_labels, *common[:1],
-                         f"train.output_dir={run / 'probe_random'}", *common[1:], *finetune_args],
-    }
+
+    def finetune(name: str, *args: str) -> list[str]:
+        return ["finetune/run.py", *args, f"train.seed={seed}", f"train.output_dir={run / name}",
+                "train.progress=false", *finetune_args]
+
+    stages = {"pretrain": ["pretrain/run.py", f"train.seed={seed}", f"train.output_dir={run / 'pretrain'}",
+                           "train.progress=false", *pretrain_args],
+              "finetune": finetune("finetune", f"init={export}")}
+    if urls is None:
+        return stages
+    all_labels = (f"data.train={urls['pretrain']}", f"data.val={urls['val']}")
+    return {**stages,
+            "upper": [*finetune("upper", "init=none", *all_labels, "compare_scratch=false"), *upper_args],
+            "probe_maskfeat": finetune("probe_maskfeat", "frozen_eval=true", f"init={export}", *all_labels),
+            "probe_random": finetune("probe_random", "frozen_eval=true", "init=none", *all_labels)}
 
 
 def launcher() -> list[str]:
@@ -146,7 +149,8 @@ def run_stage(stage: str, seed: int, argv: list[str], env: dict[str, str]) -> fl
     return time.perf_counter() - t0
 
 
-def describe_environment(threads: str, pretrain_args: list[str], finetune_args: list[str]) -> dict:
+def describe_environment(threads: str, pretrain_args: list[str], finetune_args: list[str],
+                         upper_args: list[str] = ()) -> dict:
     """What the numbers were measured with (the header line of the report)."""
     def git(*args):
         r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
@@ -159,26 +163,43 @@ def describe_environment(threads: str, pretrain_args: list[str], finetune_args: 
     return {"date": datetime.date.today().isoformat(), "commit": commit, "torch": torch.__version__,
             "cpus": os.cpu_count(), "threads": threads, "device": device,
             "launcher": "accelerate launch" if launcher()[0] == "accelerate" else "python",
-            "pretrain_args": pretrain_args, "finetune_args": finetune_args}
+            "pretrain_args": pretrain_args, "finetune_args": finetune_args, "upper_args": list(upper_args)}
 
 
 def run_all(seeds: list[int], out: Path, pretrain_args: list[str], finetune_args: list[str],
-            upper_args: list[str]) -> None:
-    """Every stage for every seed; their wall times go to OUT/seedS/seconds.json."""
-    from videodata.demo import ensure_demo_dataset
-    taken = [out / f"seed{s}" for s in seeds if (out / f"seed{s}").exists()]
+            upper_args: list[str], reuse_pretraining: bool = False) -> None:
+    """Every stage for every seed; their wall times go to OUT/seedS/seconds.json.
+    reuse_pretraining: a seed whose pretraining export exists keeps it and its time; its other
+    stages are removed and run again (a new finetuning recipe on the same pretrained encoders)."""
+    from videodata.demo import demo_urls
+
+    def pretrained(seed: int) -> bool:
+        return (out / f"seed{seed}" / "pretrain" / "export" / "encoder.safetensors").is_file()
+
+    taken = [out / f"seed{s}" for s in seeds if (out / f"seed{s}").exists()
+             and not (reuse_pretraining and pretrained(s))]
     if taken:
         raise RunError(f"{taken[0]} exists: report on it with --skip-runs, or remove it to run again")
     # as a user runs the demo: `accelerate launch` picks the CPU threads unless the caller set them
     threads = os.environ.get("OMP_NUM_THREADS") or "accelerate launch's choice"
     env = dict(os.environ)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "environment.json").write_text(json.dumps(describe_environment(threads, pretrain_args, finetune_args),
+    (out / "environment.json").write_text(json.dumps(describe_environment(threads, pretrain_args, finetune_args,
+                                                                        upper_args),
                                                      indent=2))
-    urls = ensure_demo_dataset(ROOT / "data" / "demo")  # what the first command would make, made once
     for seed in seeds:
         seconds = {}
-        for stage, argv in stage_commands(seed, out, pretrain_args, finetune_args, urls, upper_args).items():
+        stages = ["pretrain", "finetune", "upper", "probe_maskfeat", "probe_random"]
+        if reuse_pretraining and pretrained(seed):
+            kept = out / f"seed{seed}" / "seconds.json"
+            seconds = {"pretrain": json.loads(kept.read_text())["pretrain"]} if kept.is_file() else {}
+            for stage in stages[1:]:
+                shutil.rmtree(out / f"seed{seed}" / stage, ignore_errors=True)
+            stages = stages[1:]
+        # the pretraining command makes the demo data (once): the ladder's commands need its shards
+        for stage in stages:
+            urls = None if stage in ("pretrain", "finetune") else demo_urls(ROOT / "data" / "demo")
+            argv = stage_commands(seed, out, pretrain_args, finetune_args, urls, upper_args)[stage]
             print(f"seed {seed}: {stage}: {shlex.join(argv)}", flush=True)
             seconds[stage] = run_stage(stage, seed, [*launcher(), *argv], env)
             print(f"seed {seed}: {stage} done in {seconds[stage]:.0f} s", flush=True)
@@ -323,7 +344,8 @@ def fmt(kind: str, mean: float | None, std: float | None = None) -> str:
 def report_markdown(summary: dict, per_seed: bool = True) -> str:
     """The header line, the mean ± std table and (per_seed) the per-seed table (no title, no images)."""
     env, seeds = summary["environment"], summary["seeds"]
-    args = " ".join(f"`{k}: {shlex.join(env[k])}`" for k in ("pretrain_args", "finetune_args") if env.get(k))
+    args = " ".join(f"`{k}: {shlex.join(env[k])}`" for k in ("pretrain_args", "finetune_args", "upper_args")
+                    if env.get(k))
     lines = [f"Measured {env['date']} at commit {env['commit']}; torch {env['torch']} on {env['device']}, "
              f"{env['cpus']} CPUs, OMP_NUM_THREADS={env['threads']} in the runs; seeds "
              f"{', '.join(map(str, seeds))}" + (f"; {args}" if args else "") + ".", "",
@@ -577,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     out, docs = Path(args.out).resolve(), Path(args.docs).resolve()
     pretrain_args, finetune_args = shlex.split(args.pretrain_args), shlex.split(args.finetune_args)
     if not args.skip_runs:
-        run_all(args.seeds, out, pretrain_args, finetune_args, shlex.split(args.upper_args))
+        run_all(args.seeds, out, pretrain_args, finetune_args, shlex.split(args.upper_args), args.reuse_pretraining)
     runs = {s: read_seed(out / f"seed{s}") for s in args.seeds}
 
     per_seed, picture = {}, None

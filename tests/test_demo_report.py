@@ -24,15 +24,27 @@ def load_script():
 
 
 report = load_script()
-INIT = "from runs/demo-report/seed0/pretrain/export/encoder.safetensors"
-# per seed: held-out losses (what pretrained_checks would measure), comparison.json, wall seconds
+# per seed: held-out losses (what pretrained_checks would measure), wall seconds
 HELDOUT = {0: {"masked": 0.05, "trivial_mean": 0.1, "trivial_visible": 0.0625},
            1: {"masked": 0.06, "trivial_mean": 0.12, "trivial_visible": 0.1}}
-COMPARISON = {0: {INIT: {"top1": 0.5, "top5": 0.9, "knn_top1": 0.25, "linear_probe_top1": 0.375},
-                  "from random init": {"top1": 0.25, "top5": 0.75, "knn_top1": 0.125, "linear_probe_top1": 0.25}},
-              1: {INIT: {"top1": 0.6, "top5": 1.0, "knn_top1": 0.35, "linear_probe_top1": 0.375},
-                  "from random init": {"top1": 0.25, "top5": 0.65, "knn_top1": 0.125, "linear_probe_top1": 0.05}}}
-SECONDS = {0: {"pretrain": 100.0, "finetune": 50.0}, 1: {"pretrain": 120.0, "finetune": 54.0}}
+SECONDS = {0: {"pretrain": 100.0, "finetune": 50.0, "upper": 60.0, "probe_maskfeat": 5.0, "probe_random": 5.0},
+           1: {"pretrain": 120.0, "finetune": 54.0, "upper": 70.0, "probe_maskfeat": 6.0, "probe_random": 6.0}}
+# per seed and rung: (label, prediction) pairs of 8 val videos -> top-1, shape and direction accuracy
+PAIRS = {"upper": [("circle_left", "circle_left")] * 6 + [("square_up", "square_down"), ("circle_up", "square_up")],
+         "maskfeat": [("circle_left", "circle_left")] * 4 + [("square_up", "triangle_up")] * 4,
+         "random": [("circle_left", "circle_left")] * 2 + [("square_up", "square_left")] * 6}
+# seed 0 as above (top-1 0.75 / 0.5 / 0.25); seed 1 moves one maskfeat video to wrong -> 0.375
+PROBES = {0: {"maskfeat": {"knn_top1": 0.25, "linear_probe_top1": 0.5}, "random": {"knn_top1": 0.125,
+                                                                                   "linear_probe_top1": 0.25}},
+          1: {"maskfeat": {"knn_top1": 0.35, "linear_probe_top1": 0.5}, "random": {"knn_top1": 0.125,
+                                                                                  "linear_probe_top1": 0.05}}}
+
+
+def write_predictions(path: Path, pairs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = ["video_id,label,label_name,pred,pred_name,prob,num_views,top5"]
+    rows += [f"v{i},0,{t},0,{p},0.5,3,{p}" for i, (t, p) in enumerate(pairs)]
+    path.write_text("\n".join(rows) + "\n")
 ENV = {"date": "2030-01-02", "commit": "abc1234 + local changes", "torch": "9.9", "cpus": 2, "threads": "2",
        "device": "CPU", "launcher": "accelerate launch", "pretrain_args": ["train.steps=60"], "finetune_args": []}
 
@@ -58,19 +70,34 @@ def runs(tmp_path):
             write_jsonl(run / part / "metrics.jsonl", [
                 {"step": 10, "train/loss": 2.4, "train/acc": 0.1}, {"step": 20, "val/top1": top1[0]},
                 {"step": 20, "train/loss": 2.3, "train/acc": 0.2}, {"step": 40, "val/top1": top1[1]}])
-        (run / "finetune" / "comparison.json").write_text(json.dumps(COMPARISON[seed]))
+        write_jsonl(run / "upper" / "metrics.jsonl", [{"step": 20, "val/top1": 0.3}, {"step": 40, "val/top1": 0.7}])
         (run / "finetune" / "test_metrics.json").write_text(json.dumps({"top1": 0.5, "views": "3x1"}))
+        maskfeat = PAIRS["maskfeat"] if seed == 0 else PAIRS["maskfeat"][1:] + [("circle_left", "circle_up")]
+        for part, pairs in (("upper", PAIRS["upper"]), ("finetune", maskfeat), ("finetune/scratch", PAIRS["random"])):
+            write_predictions(run / part / "test_predictions.csv", pairs)
+        for name, probe in PROBES[seed].items():
+            (run / f"probe_{name}").mkdir(parents=True)
+            (run / f"probe_{name}" / "frozen_metrics.json").write_text(json.dumps(probe))
         (run / "seconds.json").write_text(json.dumps(SECONDS[seed]))
     return out
 
 
 def summary_of(runs_dir: Path) -> dict:
     records = {s: report.read_seed(runs_dir / f"seed{s}") for s in (0, 1)}
-    per_seed = {s: report.seed_numbers(r["comparison"], HELDOUT[s], r["seconds"]) for s, r in records.items()}
+    per_seed = {s: report.seed_numbers(r, HELDOUT[s]) for s, r in records.items()}
     return {**report.summarize(per_seed), "views": records[0]["views"], "environment": ENV}
 
 
 # ----------------------------------------------------------------------------- numbers and tables
+
+
+def test_factor_accuracies_from_a_predictions_file(tmp_path):
+    write_predictions(tmp_path / "p.csv", PAIRS["upper"])
+    acc = report.factor_accuracies(tmp_path / "p.csv")
+    assert acc == {"top1": 0.75, "shape": 7 / 8, "direction": 7 / 8}
+    (tmp_path / "empty.csv").write_text("video_id,label,label_name,pred,pred_name,prob,num_views,top5\n")
+    with pytest.raises(report.RunError, match="no predictions"):
+        report.factor_accuracies(tmp_path / "empty.csv")
 
 
 def test_summary_mean_and_sample_std_per_quantity(runs):
@@ -81,30 +108,36 @@ def test_summary_mean_and_sample_std_per_quantity(runs):
         "heldout_masked": (0.055, 0.01 / root2), "heldout_trivial_mean": (0.11, 0.02 / root2),
         "heldout_trivial_visible": (0.08125, 0.0375 / root2),
         "ratio_trivial_mean": (0.5, 0.0), "ratio_trivial_visible": (0.7, 0.2 / root2),  # 0.05/0.0625, 0.06/0.1
-        "maskfeat_top1": (0.55, 0.1 / root2), "random_top1": (0.25, 0.0),
-        "maskfeat_top5": (0.95, 0.1 / root2), "random_top5": (0.7, 0.1 / root2),
+        "upper_top1": (0.75, 0.0), "upper_shape": (7 / 8, 0.0), "upper_direction": (7 / 8, 0.0),
+        "random_top1": (0.25, 0.0), "random_shape": (1.0, 0.0), "random_direction": (0.25, 0.0),
+        "maskfeat_top1": (0.4375, 0.125 / root2), "maskfeat_shape": (0.5, 0.0),
+        "maskfeat_direction": (0.9375, 0.125 / root2),
+        "gap_closed": (0.375, 0.25 / root2),  # (0.5 - 0.25) / (0.75 - 0.25), (0.375 - 0.25) / 0.5
         "maskfeat_knn_top1": (0.3, 0.1 / root2), "random_knn_top1": (0.125, 0.0),
-        "maskfeat_linear_probe_top1": (0.375, 0.0), "random_linear_probe_top1": (0.15, 0.2 / root2),
-        "pretrain_seconds": (110.0, 20 / root2), "finetune_seconds": (52.0, 4 / root2)}
+        "maskfeat_linear_probe_top1": (0.5, 0.0), "random_linear_probe_top1": (0.15, 0.2 / root2),
+        "pretrain_seconds": (110.0, 20 / root2), "finetune_seconds": (52.0, 4 / root2),
+        "ladder_seconds": (76.0, 12 / root2)}
     assert set(s["mean"]) == set(by_hand) == {key for key, _, _ in report.ROWS}
     for key, (mean, std) in by_hand.items():
         assert s["mean"][key] == pytest.approx(mean, abs=1e-12), key
         assert s["std"][key] == pytest.approx(std, abs=1e-12), key
-    assert s["per_seed"]["1"]["maskfeat_top1"] == 0.6 and s["per_seed"]["0"]["random_linear_probe_top1"] == 0.25
+    assert s["per_seed"]["1"]["maskfeat_top1"] == 0.375 and s["per_seed"]["0"]["random_linear_probe_top1"] == 0.25
 
 
-def test_summary_of_one_seed_and_of_missing_times():
-    numbers = report.seed_numbers(COMPARISON[0], HELDOUT[0], {})
-    one = report.summarize({0: numbers})
+def test_summary_of_one_seed_and_of_missing_times(runs):
+    record = report.read_seed(runs / "seed0")
+    untimed = report.seed_numbers({**record, "seconds": {}}, HELDOUT[0])
+    one = report.summarize({0: untimed})
     assert one["mean"]["maskfeat_top1"] == 0.5 and one["std"]["maskfeat_top1"] is None  # no spread from one seed
     assert one["mean"]["pretrain_seconds"] is None  # not timed (--skip-runs on runs made elsewhere)
-    two = report.summarize({0: numbers, 1: report.seed_numbers(COMPARISON[1], HELDOUT[1], SECONDS[1])})
-    assert two["mean"]["finetune_seconds"] is None and two["mean"]["maskfeat_top1"] == pytest.approx(0.55)
+    two = report.summarize({0: untimed, 1: report.seed_numbers(report.read_seed(runs / "seed1"), HELDOUT[1])})
+    assert two["mean"]["finetune_seconds"] is None and two["mean"]["maskfeat_top1"] == pytest.approx(0.4375)
 
 
-def test_comparison_without_the_baseline_is_an_error():
-    with pytest.raises(report.RunError, match="from random init"):
-        report.seed_numbers({INIT: COMPARISON[0][INIT]}, HELDOUT[0], {})
+def test_no_gap_to_close_is_not_a_number(runs):
+    record = report.read_seed(runs / "seed0")
+    record["rungs"]["upper"] = dict(record["rungs"]["random"])  # (a) no better than (b)
+    assert report.seed_numbers(record, HELDOUT[0])["gap_closed"] is None
 
 
 def test_markdown_tables_hold_mean_std_and_per_seed_values(runs):
@@ -119,15 +152,19 @@ def test_markdown_tables_hold_mean_std_and_per_seed_values(runs):
         assert len(found) == 2, label
         return found
 
-    assert rows("finetune top-1 (3x1 views): from MaskFeat") == [
-        "| finetune top-1 (3x1 views): from MaskFeat | 55.0 ± 7.1 % |",
-        "| finetune top-1 (3x1 views): from MaskFeat | 50.0 % | 60.0 % |"]
-    assert rows("frozen linear-probe top-1: random-init encoder")[0].endswith("| 15.0 ± 14.1 % |")
+    assert rows("(c) low-label: from MaskFeat, top-1 (3x1 views)") == [
+        "| (c) low-label: from MaskFeat, top-1 (3x1 views) | 43.8 ± 8.8 % |",
+        "| (c) low-label: from MaskFeat, top-1 (3x1 views) | 50.0 % | 37.5 % |"]
+    assert rows("(a) upper bound: all labels, random init, direction accuracy")[0].endswith("| 87.5 ± 0.0 % |")
+    assert rows("(d) frozen linear-probe top-1: random-init encoder")[0].endswith("| 15.0 ± 14.1 % |")
+    assert rows("share of the (b) -> (a) top-1 gap that (c) closes")[0].endswith("| 0.375 ± 0.177 |")
     assert rows("held-out masked HOG loss: MaskFeat") == ["| held-out masked HOG loss: MaskFeat | 0.0550 ± 0.0071 |",
                                                           "| held-out masked HOG loss: MaskFeat | 0.0500 | 0.0600 |"]
     assert rows("MaskFeat / visible-mean loss (< 1: MaskFeat better)")[0].endswith("| 0.700 ± 0.141 |")
-    assert rows("wall time: pretraining") == ["| wall time: pretraining | 110 ± 14 s |",
-                                              "| wall time: pretraining | 100 s | 120 s |"]
+    assert rows("wall time: the pretraining command") == ["| wall time: the pretraining command | 110 ± 14 s |",
+                                                          "| wall time: the pretraining command | 100 s | 120 s |"]
+    short = report.report_markdown(summary_of(runs), per_seed=False).splitlines()
+    assert "| | seed 0 | seed 1 |" not in short and short[:5] == lines[:5]
     assert "| | mean ± std over 2 seeds |" in lines and "| | seed 0 | seed 1 |" in lines
 
 
@@ -279,13 +316,31 @@ def test_predictions_picture_layout_and_reproducible(tiny_task):
 
 
 def test_stage_commands_of_a_seed(tmp_path):
-    cmds = report.stage_commands(3, tmp_path, ["train.steps=5"], ["train.steps=7", "val_every=0"])
+    urls = {"pretrain": "P-{0..1}.tar", "train": "T.tar", "val": "V.tar"}
+    cmds = report.stage_commands(3, tmp_path, ["train.steps=5"], ["train.steps=7", "val_every=0"], urls,
+                                 ["train.steps=9"])
     run = tmp_path / "seed3"
+    export = run / "pretrain" / "export" / "encoder.safetensors"
+    assert list(cmds) == ["pretrain", "finetune", "upper", "probe_maskfeat", "probe_random"]
+    assert list(report.stage_commands(3, tmp_path, [], [], None)) == ["pretrain", "finetune"]  # no demo data yet
     assert cmds["pretrain"] == ["pretrain/run.py", "train.seed=3", f"train.output_dir={run / 'pretrain'}",
                                 "train.progress=false", "train.steps=5"]
-    assert cmds["finetune"] == ["finetune/run.py", f"init={run / 'pretrain' / 'export' / 'encoder.safetensors'}",
-                                "train.seed=3", f"train.output_dir={run / 'finetune'}", "train.progress=false",
-                                "train.steps=7", "val_every=0"]
+    assert cmds["finetune"] == ["finetune/run.py", f"init={export}", "train.seed=3",
+                                f"train.output_dir={run / 'finetune'}", "train.progress=false", "train.steps=7",
+                                "val_every=0"]
+    # (a): random init on every labelled non-test video, the finetune recipe, then its own steps (last wins)
+    assert cmds["upper"] == ["finetune/run.py", "init=none", "data.train=P-{0..1}.tar", "data.val=V.tar",
+                             "compare_scratch=false", "train.seed=3", f"train.output_dir={run / 'upper'}",
+                             "train.progress=false", "train.steps=7", "val_every=0", "train.steps=9"]
+    assert cmds["probe_maskfeat"][:4] == ["finetune/run.py", "frozen_eval=true", f"init={export}",
+                                          "data.train=P-{0..1}.tar"]
+    assert cmds["probe_random"][:3] == ["finetune/run.py", "frozen_eval=true", "init=none"]
+    # every command is one the finetune schema accepts
+    from finetune.run import FinetuneConfig
+    from pretrain.config import parse_config
+    for argv in cmds.values():
+        if argv[0] == "finetune/run.py":
+            parse_config(FinetuneConfig, argv[1:])
 
 
 def test_run_stage_failure_names_stage_seed_and_last_stderr_line(capsys):
@@ -326,10 +381,11 @@ def test_main_skip_runs_writes_report_figures_summary_and_readme(runs, tmp_path,
     assert report.main(["--seeds", "0", "1", "--out", str(runs), "--docs", str(docs), "--readme", str(readme),
                         "--skip-runs"]) == 0
     summary = json.loads((docs / "summary.json").read_text())
-    assert summary["mean"]["maskfeat_top1"] == pytest.approx(0.55) and summary["init"] == INIT
+    assert summary["mean"]["maskfeat_top1"] == pytest.approx(0.4375)
     assert summary["environment"] == ENV
     body = (docs / "report.md").read_text()
-    assert "| finetune top-1 (3x1 views): from MaskFeat | 55.0 ± 7.1 % |" in body
+    assert "| (c) low-label: from MaskFeat, top-1 (3x1 views) | 43.8 ± 8.8 % |" in body
+    assert "| | seed 0 | seed 1 |" in body
     assert "](./curves.png)" in body and "](./predictions.png)" in body
     assert Image.open(docs / "curves.png").size == (1040, 380)
     assert Image.open(docs / "predictions.png").size == (30, 20)
@@ -337,6 +393,7 @@ def test_main_skip_runs_writes_report_figures_summary_and_readme(runs, tmp_path,
     assert text.startswith(f"# Project\n\n## Demo\n{report.START}\nMeasured 2030-01-02")
     assert text.endswith(f"{report.END}\n\n## Tests\n") and "old" not in text
     assert "](docs/demo/curves.png)" in text and "](docs/demo/predictions.png)" in text
+    assert "43.8 ± 8.8 %" in text and "| | seed 0 | seed 1 |" not in text  # the README: means only
 
     readme.write_text("# Project without markers\n")
     assert report.main(["--seeds", "0", "1", "--out", str(runs), "--docs", str(docs), "--readme", str(readme),
@@ -349,3 +406,25 @@ def test_main_skip_runs_without_runs_is_one_line(tmp_path, capsys):
     assert report.main(["--out", str(tmp_path / "none"), "--no-readme", "--skip-runs"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no ") and "seed0/pretrain/metrics.jsonl" in err and len(err.splitlines()) == 1
+
+
+def test_reuse_pretraining_runs_the_other_stages_again(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    export = out / "seed0" / "pretrain" / "export" / "encoder.safetensors"
+    export.parent.mkdir(parents=True)
+    export.write_bytes(b"x")
+    (out / "seed0" / "seconds.json").write_text(json.dumps({"pretrain": 123.0, "finetune": 9.0}))
+    (out / "seed0" / "upper").mkdir()
+    (out / "seed0" / "upper" / "old.txt").write_text("from the old recipe")
+    import videodata.demo
+    monkeypatch.setattr(videodata.demo, "demo_urls", lambda root: {"pretrain": "P.tar", "train": "T.tar",
+                                                                   "val": "V.tar"})
+    ran = []
+    monkeypatch.setattr(report, "run_stage", lambda stage, seed, argv, env: ran.append(stage) or 1.0)
+    report.run_all([0], out, [], [], [], reuse_pretraining=True)
+    assert ran == ["finetune", "upper", "probe_maskfeat", "probe_random"]
+    assert json.loads((out / "seed0" / "seconds.json").read_text()) == {
+        "pretrain": 123.0, "finetune": 1.0, "upper": 1.0, "probe_maskfeat": 1.0, "probe_random": 1.0}
+    assert not (out / "seed0" / "upper").exists() and export.is_file()
+    with pytest.raises(report.RunError, match="exists"):  # without the flag a used seed folder is not run over
+        report.run_all([0], out, [], [], [])

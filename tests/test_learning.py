@@ -41,9 +41,9 @@ def run(stage: str, args: list[str]):
     return r
 
 
-def center_clips(urls: str):
+def center_clips(urls: str, crop: int):
     from videodata import build_eval_loader
-    batches = list(build_eval_loader(urls, frames=8, stride=2, crop=96, short_side=96, num_workers=0,
+    batches = list(build_eval_loader(urls, frames=8, stride=2, crop=crop, short_side=96, num_workers=0,
                                      batch_size=16))
     return torch.cat([b["video"] for b in batches]), torch.cat([b["label"] for b in batches])
 
@@ -54,9 +54,9 @@ def test_maskfeat_pretraining_beats_the_trivial_predictors(shards, tmp_path):
     out = tmp_path / "pt"
     run("pretrain", [f"data.train={shards}", f"train.output_dir={out}", "train.steps=450", "train.progress=false",
                      "train.image_every=0", "train.save_every=450", "data.num_workers=1"])
-    task, _ = load_task(out)
+    task, cfg = load_task(out)
 
-    video, _ = center_clips(shards)
+    video, _ = center_clips(shards, cfg.data.crop)
     torch.manual_seed(0)
     with torch.no_grad():
         units = task.make_masks(len(video), "cpu")
