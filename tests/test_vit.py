@@ -105,3 +105,35 @@ def test_videomae_variant_has_a_fixed_sinusoid_table_and_no_class_token():
     assert table[p, j].item() == pytest.approx(torch.cos(torch.tensor(p / 10000 ** (2 * (j // 2) / 32))).item())
     assert table[p, 4].item() == pytest.approx(torch.sin(torch.tensor(p / 10000 ** (4 / 32))).item())
     assert model(torch.randn(2, 3, 4, 32, 32)).shape == (2, 3)
+
+
+RECIPES = {"pretrain": ["k400_vit_b_16x4_mae", "k400_vit_l_16x4_mae", "k400_vit_h_16x4_mae"],
+           "finetune": ["k400_vit_b_16x4", "k400_vit_l_16x4", "k400_vit_h_16x4"]}
+
+
+@pytest.mark.parametrize("stage,name", [(s, n) for s, names in RECIPES.items() for n in names])
+def test_vit_recipes_load_through_the_entry_points_and_build_their_models(stage, name):
+    """Every MAE recipe parses with its stage's schema and builds its model (on the meta device: shapes
+    only), with the reference's values where the issue names them."""
+    from pathlib import Path
+
+    from finetune.run import FinetuneConfig
+    from pretrain.config import parse_config
+    from pretrain.run import PretrainConfig, build_task
+    recipe = Path(__file__).resolve().parents[1] / "configs" / stage / f"{name}.yaml"
+    if stage == "pretrain":
+        cfg = parse_config(PretrainConfig, ["--config", str(recipe), "data.train=x"])
+        assert (cfg.task, cfg.mask.ratio, cfg.decoder.depth, cfg.decoder.dim, cfg.data.repeats) == ("mae", 0.9, 4, 512, 4)
+        assert list(cfg.optim.betas) == [0.9, 0.95] and cfg.optim.weight_decay == 0.05 and cfg.optim.clip_grad == 0.02
+        with torch.device("meta"):
+            task = build_task(cfg)
+        assert task.encoder_mode == "drop" and task.masker.keep == 156 and task.heads["pixel"][1].out_features == 768
+    else:
+        cfg = parse_config(FinetuneConfig, ["--config", str(recipe), "data.train=x", "data.val=y"])
+        size = name.split("_")[2]
+        assert cfg.optim.layer_decay == {"b": 0.65, "l": 0.75, "h": 0.8}[size]
+        arch = mvit.get_config(cfg.model.name)
+        assert (arch.drop_path_rate, arch.head_dropout) == {"b": (0.1, 0.3), "l": (0.2, 0.3), "h": (0.2, 0.5)}[size]
+        assert arch.global_pool == "avg" and arch.fc_norm and arch.head_init_scale == 0.001
+        assert (cfg.mix.mixup, cfg.mix.cutmix, cfg.data.erase_prob) == (0.8, 1.0, 0.25)
+        assert cfg.data.rand_augment.startswith("rand-m7")
