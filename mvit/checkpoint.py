@@ -32,8 +32,8 @@ from .model import resize_pos_embed, resize_rel_pos
 
 log = logging.getLogger(__name__)
 
-# keys that only a MaskFeat pretraining checkpoint has (reference `MaskMViT` and ours)
-PRETRAINING_KEYS = re.compile(r"^(mask_token|pred_head\.|hogs\.)")
+# keys that only a pretraining checkpoint has (MaskFeat or MAE: reference `MaskMViT`, mae_st, VideoMAE, ours)
+PRETRAINING_KEYS = re.compile(r"^(mask_token|pred_head\.|hogs\.|decoder[._]|dec_pos_embed)")
 HEAD_KEYS = re.compile(r"^(head\.|norm\.)")
 POOL_KERNEL = re.compile(r"\.attn\.pool_[qkv]\.weight$")
 SEPARATE_Q = re.compile(r"^(blocks\.\d+\.attn)\.q\.(weight|bias)$")
