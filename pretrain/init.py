@@ -6,6 +6,8 @@ Pretraining (MaskFeat or MAE) can start from (`load_pretraining_init`):
 - a reference SlowFast MaskFeat or MAE `.pyth` (`slowfast/models/masked.py` MaskMViT): the encoder,
   the mask token, and the prediction head, whose LayerNorm + Linear are the shapes of our heads (MAE:
   its transformer blocks, decoder_embed and decoder_pos_embed are our decoder's);
+- a mae_st pretraining `.pth` (encoder, decoder and pixel head; `_split_mae_st`) or a VideoMAE one (its
+  encoder; its decoder differs from ours and is left out);
 - any other checkpoint `mvit.load_pretrained` reads: supervised video models (their head and final
   norm dropped), image models (inflated 2D -> 3D). The mask token and heads then start fresh.
 """
@@ -39,6 +41,10 @@ def split_task_state(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]
     `decoder.*`, the HOG layer's fixed filters `hog.*`) or SlowFast's MaskMViT, MaskFeat or MAE (encoder
     keys at the top, `pred_head.*`, `hogs.*` which load_pretrained drops, and for MAE `decoder_embed`,
     `decoder_pos_embed` and the decoder's `mask_token`)."""
+    if "encoder_to_decoder.weight" in sd:  # VideoMAE: its decoder is not ours (below); the encoder is
+        return sd, {}, []                  # converted by mvit.load_pretrained, which drops the rest
+    if "decoder_pred.weight" in sd:
+        return _split_mae_st(sd)
     if any(k.startswith("encoder.") for k in sd):
         encoder = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
         rest = {k: v for k, v in sd.items() if k.startswith(("heads.", "decoder."))}
@@ -60,6 +66,45 @@ def split_task_state(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]
         else:
             encoder[k] = v
     return encoder, rest, []
+
+
+def _split_mae_st(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
+    """mae_st (facebookresearch/mae_st models_mae.py): the encoder at the top (separate attn.q / k / v, joined
+    by mvit.load_pretrained); decoder_embed, mask_token, decoder_blocks.i (separate q / k / v: joined here),
+    decoder_norm + decoder_pred (our heads.pixel), separate decoder position tables summed into our one
+    table (exact: the decoder only adds them). Left out: decoder_cls_token (mae_st drops the encoder's class
+    token after its norm and starts the decoder with a token of its own; ours keeps the encoder's, as
+    SlowFast does). mae_st's targets are frames linspace(0, 15, 8) (the last is 15); ours are frames ::2
+    (the last is 14, SlowFast's): a continued pretraining learns that one frame's shift."""
+    encoder, rest, left = {}, {}, []
+    sep = {}
+    for k, v in sd.items():
+        if k.startswith("decoder_blocks."):
+            rest["decoder.blocks." + k[len("decoder_blocks."):]] = v
+        elif k.startswith(("decoder_embed.", "mask_token")):
+            rest[f"decoder.{k}"] = v
+        elif k.startswith("decoder_norm."):
+            rest["heads.pixel.0." + k[len("decoder_norm."):]] = v
+        elif k.startswith("decoder_pred."):
+            rest["heads.pixel.1." + k[len("decoder_pred."):]] = v
+        elif k.startswith("decoder_pos_embed"):
+            sep[k] = v
+        elif k.startswith("decoder_"):
+            left.append(k)
+        else:
+            encoder[k] = v
+    for key in [k for k in rest if re.search(r"\.attn\.q\.(weight|bias)$", k)]:
+        attn, kind = key.rsplit(".q.", 1)
+        rest[f"{attn}.qkv.{kind}"] = torch.cat([rest.pop(f"{attn}.{x}.{kind}") for x in "qkv"])
+    if "decoder_pos_embed" in sep:
+        rest["decoder.decoder_pos_embed"] = sep["decoder_pos_embed"]
+    elif sep:
+        spatial, temporal = sep["decoder_pos_embed_spatial"], sep["decoder_pos_embed_temporal"]  # (1, hw, D), (1, t, D)
+        table = (temporal[:, :, None] + spatial[:, None]).flatten(1, 2)  # (1, t·hw, D) in (t, h, w) order
+        if "decoder_pos_embed_class" in sep:
+            table = torch.cat([sep["decoder_pos_embed_class"], table], 1)
+        rest["decoder.decoder_pos_embed"] = table
+    return encoder, rest, left
 
 
 def load_pretraining_init(task, init: str | None) -> LoadReport | None:
