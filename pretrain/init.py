@@ -61,7 +61,7 @@ def split_task_state(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]
             rest[f"decoder.blocks.{m[1]}.{m[2]}"] = v
         elif k.startswith("pred_head.projections.0."):
             rest[f"heads.{target}.1.{k[len('pred_head.projections.0.'):]}"] = v
-        elif mae and k.startswith(("decoder_embed.", "decoder_pos_embed", "mask_token")):
+        elif mae and k.startswith(("decoder_embed.", "decoder_pos_embed", "dec_pos_embed", "mask_token")):
             rest[f"decoder.{k}"] = v
         else:
             encoder[k] = v
@@ -71,8 +71,8 @@ def split_task_state(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]
 def _split_mae_st(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
     """mae_st (facebookresearch/mae_st models_mae.py): the encoder at the top (separate attn.q / k / v, joined
     by mvit.load_pretrained); decoder_embed, mask_token, decoder_blocks.i (separate q / k / v: joined here),
-    decoder_norm + decoder_pred (our heads.pixel), separate decoder position tables summed into our one
-    table (exact: the decoder only adds them). Left out: decoder_cls_token (mae_st drops the encoder's class
+    decoder_norm + decoder_pred (our heads.pixel), separate decoder position tables (loaded as they are
+    into a decoder with sep_pos, else summed into its one table). Left out: decoder_cls_token (mae_st drops the encoder's class
     token after its norm and starts the decoder with a token of its own; ours keeps the encoder's, as
     SlowFast does). mae_st's targets are frames linspace(0, 15, 8) (the last is 15); ours are frames ::2
     (the last is 14, SlowFast's): a continued pretraining learns that one frame's shift."""
@@ -96,15 +96,21 @@ def _split_mae_st(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
     for key in [k for k in rest if re.search(r"\.attn\.q\.(weight|bias)$", k)]:
         attn, kind = key.rsplit(".q.", 1)
         rest[f"{attn}.qkv.{kind}"] = torch.cat([rest.pop(f"{attn}.{x}.{kind}") for x in "qkv"])
-    if "decoder_pos_embed" in sep:
-        rest["decoder.decoder_pos_embed"] = sep["decoder_pos_embed"]
-    elif sep:
-        spatial, temporal = sep["decoder_pos_embed_spatial"], sep["decoder_pos_embed_temporal"]  # (1, hw, D), (1, t, D)
-        table = (temporal[:, :, None] + spatial[:, None]).flatten(1, 2)  # (1, t·hw, D) in (t, h, w) order
-        if "decoder_pos_embed_class" in sep:
-            table = torch.cat([sep["decoder_pos_embed_class"], table], 1)
-        rest["decoder.decoder_pos_embed"] = table
+    for k, v in sep.items():  # decoder_pos_embed, or decoder_pos_embed_{spatial,temporal,class} -> SlowFast's names
+        rest["decoder." + k.replace("decoder_pos_embed_", "dec_pos_embed_")] = v
     return encoder, rest, left
+
+
+def _fit_decoder_pos(rest: dict, target: dict) -> dict:
+    """Separate decoder tables (SlowFast DECODER_SEP_POS_EMBED, mae_st) into a task with one table: summed
+    (exact: the decoder only adds them)."""
+    sp, tp, cp = (f"decoder.dec_pos_embed_{x}" for x in ("spatial", "temporal", "class"))
+    if sp in rest and tp in rest and "decoder.decoder_pos_embed" in target and sp not in target:
+        table = (rest.pop(tp)[:, :, None] + rest.pop(sp)[:, None]).flatten(1, 2)  # (1, t·hw, D), (t, h, w) order
+        if cp in rest:
+            table = torch.cat([rest.pop(cp), table], 1)
+        rest["decoder.decoder_pos_embed"] = table
+    return rest
 
 
 def load_pretraining_init(task, init: str | None) -> LoadReport | None:
@@ -121,6 +127,7 @@ def load_pretraining_init(task, init: str | None) -> LoadReport | None:
     encoder, rest, left_out = split_task_state(sd)
     report = mvit.load_pretrained(task.encoder, encoder, allow_new_head=True, allow_pretraining_keys=True, name=init)
     target = {k: v for k, v in task.state_dict().items() if k.startswith(("heads.", "decoder."))}
+    rest = _fit_decoder_pos(rest, target)
     bad = [f"{k} {tuple(v.shape)} vs task {tuple(target[k].shape)}"
            for k, v in rest.items() if k in target and v.shape != target[k].shape]
     if bad:

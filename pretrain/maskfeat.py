@@ -42,12 +42,24 @@ class MAEDecoder(nn.Module):
     decoder_pos_embed, `depth` plain ViT blocks of width `dim` (heads = dim // 64 in the reference).
     The final LayerNorm and the Linear are the task's per-target heads."""
 
-    def __init__(self, encoder: MViT, num_tokens: int, dim: int = 512, depth: int = 4, heads: int = 8):
+    def __init__(self, encoder: MViT, grid: tuple[int, int, int], dim: int = 512, depth: int = 4, heads: int = 8,
+                 sep_pos: bool = False):
+        """grid: the patch token grid (t, h, w). sep_pos: separate spatial / temporal / class tables
+        (SlowFast DECODER_SEP_POS_EMBED, mae_st's default) instead of one (t·h·w + prefix) table: every
+        frame then shares the spatial part, so a mask token finds the same place in other frames early."""
         super().__init__()
         self.prefix = encoder.num_prefix_tokens
+        self.grid = tuple(grid)
         self.decoder_embed = nn.Linear(encoder.num_features, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.prefix + num_tokens, dim))
+        t, h, w = grid
+        if sep_pos:
+            self.dec_pos_embed_spatial = nn.Parameter(torch.zeros(1, h * w, dim))
+            self.dec_pos_embed_temporal = nn.Parameter(torch.zeros(1, t, dim))
+            self.dec_pos_embed_class = nn.Parameter(torch.zeros(1, self.prefix, dim))
+            self.decoder_pos_embed = None
+        else:
+            self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.prefix + t * h * w, dim))
         cfg = replace(encoder.cfg, depths=(depth,), embed_dim=dim, num_heads=heads, drop_path_rate=0.0)
         ones = (1,) * len(cfg.input_size)
         self.blocks = nn.ModuleList(MultiScaleBlock(cfg, dim, dim, heads, ones, ones, ones, 0.0)
@@ -59,8 +71,16 @@ class MAEDecoder(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        nn.init.trunc_normal_(self.decoder_pos_embed, std=0.02)
+        for name, p in self.named_parameters():
+            if "pos_embed" in name or name == "mask_token":
+                nn.init.trunc_normal_(p, std=0.02)
+
+    def pos_table(self) -> torch.Tensor:
+        """(1, prefix + t·h·w, dim): the decoder's position embedding in (class, t, h, w) order."""
+        if self.decoder_pos_embed is not None:
+            return self.decoder_pos_embed
+        grid = (self.dec_pos_embed_temporal[:, :, None] + self.dec_pos_embed_spatial[:, None]).flatten(1, 2)
+        return torch.cat([self.dec_pos_embed_class, grid], 1)
 
     def forward(self, latent: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
         """latent (B, prefix + K, D) encoder tokens, visible ones in shuffled order; restore (B, N) the
@@ -71,7 +91,7 @@ class MAEDecoder(nn.Module):
         fill = self.mask_token.to(x.dtype).expand(B, N - (x.shape[1] - p), -1)  # (B, N - K, dim)
         x_ = torch.cat([x[:, p:], fill], 1)  # (B, N, dim), shuffled order
         x_ = x_.gather(1, restore[..., None].expand(-1, -1, x_.shape[-1]))  # unshuffle -> grid order
-        x = torch.cat([x[:, :p], x_], 1) + self.decoder_pos_embed  # (B, prefix + N, dim)
+        x = torch.cat([x[:, :p], x_], 1) + self.pos_table()  # (B, prefix + N, dim)
         for blk in self.blocks:
             x, _ = blk(x, (N,))
         return x
@@ -90,7 +110,7 @@ class MaskedModeling(nn.Module):
                  mask_ratio: float = 0.4, mask_mode: str = "cube", mask_unit: tuple[int, int, int] = (1, 8, 8),
                  targets: tuple[str, ...] = ("hog",), hog_nbins: int = 9, hog_cell: int = 8,
                  visible_weight: float = 0.0, decoder_dim: int = 512, decoder_depth: int = 4,
-                 decoder_heads: int = 8):
+                 decoder_heads: int = 8, decoder_sep_pos: bool = False):
         super().__init__()
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder mode must be one of {ENCODER_MODES}, not {encoder_mode!r}")
@@ -110,7 +130,8 @@ class MaskedModeling(nn.Module):
             self.token_grid = self.patch_grid  # the decoder predicts every patch token
             self.mask_grid = self.patch_grid
             self.masker = TokenMaskGenerator(self.patch_grid, mask_ratio, mask_mode)
-            self.decoder = MAEDecoder(encoder, math.prod(self.patch_grid), decoder_dim, decoder_depth, decoder_heads)
+            self.decoder = MAEDecoder(encoder, self.patch_grid, decoder_dim, decoder_depth, decoder_heads,
+                                      decoder_sep_pos)
             D = decoder_dim
         else:
             if encoder.mask_token is None:
@@ -256,7 +277,7 @@ class MaskedModeling(nn.Module):
     def no_weight_decay(self) -> set[str]:
         names = {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
         if self.decoder is not None:
-            names |= {"decoder.mask_token", "decoder.decoder_pos_embed"}
+            names |= {f"decoder.{n}" for n, _ in self.decoder.named_parameters() if "pos_embed" in n or n == "mask_token"}
         return names
 
     # ------------------------------------------------------------------ pictures

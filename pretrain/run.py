@@ -66,6 +66,9 @@ class DecoderConfig:
     dim: int = 512
     depth: int = 4
     heads: int = 8
+    sep_pos: bool = field(default=False, metadata={
+        "help": "separate spatial / temporal / class position tables (SlowFast DECODER_SEP_POS_EMBED); "
+                "false: one table (the reference recipes)"})
 
 
 # task -> the masked-modeling task's encoder axis (pretrain/maskfeat.py): MaskFeat sends mask tokens through
@@ -116,7 +119,8 @@ def build_task(cfg: PretrainConfig) -> MaskedModeling:
         return MaskedModeling(encoder, size, encoder_mode=TASKS[cfg.task], mask_ratio=cfg.mask.ratio,
                               mask_mode=cfg.mask.mode, mask_unit=tuple(cfg.mask.unit), targets=tuple(cfg.mask.targets),
                               visible_weight=cfg.mask.visible_weight, decoder_dim=cfg.decoder.dim,
-                              decoder_depth=cfg.decoder.depth, decoder_heads=cfg.decoder.heads)
+                              decoder_depth=cfg.decoder.depth, decoder_heads=cfg.decoder.heads,
+                              decoder_sep_pos=cfg.decoder.sep_pos)
     except ValueError as e:  # a model / mask / target setting that does not fit the task
         raise RunError(str(e)) from None
 

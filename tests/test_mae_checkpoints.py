@@ -178,3 +178,16 @@ def test_checkpoint_of_the_other_vit_variant_is_a_one_line_error(tmp_path):
                tmp_path / "slowfast.pyth")
     with pytest.raises(CheckpointError, match=r"is a SlowFast / mae_st ViT checkpoint .*load it into a vit_\* model$"):
         mvit.load_pretrained(videomae_model(0), str(tmp_path / "slowfast.pyth"))
+
+
+def test_mae_st_separate_decoder_tables_load_as_they_are_into_a_sep_pos_decoder(tmp_path):
+    src = mae_task(0)
+    state = mae_st_pretraining_state(src)
+    torch.save({"model": state}, tmp_path / "mae_st.pth")
+    encoder = mvit.create_model("vit_b_16x4", pretraining="mae", **ARCH)
+    dst = MaskedModeling(encoder, SIZE, encoder_mode="drop", mask_ratio=0.5, mask_mode="random", targets=("pixel",),
+                         decoder_dim=16, decoder_depth=1, decoder_heads=2, decoder_sep_pos=True).eval()
+    report = load_pretraining_init(dst, str(tmp_path / "mae_st.pth"))
+    assert report.dropped == ["decoder_cls_token"] and not report.missing, report.summary()
+    torch.testing.assert_close(dst.decoder.dec_pos_embed_spatial, state["decoder_pos_embed_spatial"])
+    torch.testing.assert_close(predictions(dst), predictions(src), rtol=1e-6, atol=1e-6)

@@ -56,7 +56,7 @@ def test_decoder_puts_each_token_back_in_its_place():
         latent, restore = task.forward_visible(video, units)
         out = task.forward_decoder(latent, restore)  # (B, N, 16)
         full = task.encoder(video, keep=torch.arange(12).expand(2, -1), tokens=True)  # every token, grid order
-        pos = task.decoder.decoder_pos_embed[0, 1:]
+        pos = task.decoder.pos_table()[0, 1:]
         flat = units.flatten(1)
         for b in range(2):
             for i in range(12):
