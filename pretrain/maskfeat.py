@@ -284,8 +284,9 @@ class MaskedModeling(nn.Module):
 
     @torch.no_grad()
     def images(self, batch: dict, index: int = 0) -> dict[str, torch.Tensor]:
-        """TensorBoard pictures of one clip: input frames with the mask it trained with, and
-        HOG target vs prediction drawn as oriented-gradient glyphs, one row per temporal token."""
+        """TensorBoard pictures of one clip: input frames with the mask it trained with, HOG target vs
+        prediction drawn as oriented-gradient glyphs, and for pixel targets masked input | target |
+        reconstruction (visible patches as they are), one row per temporal token."""
         was_training = self.training
         self.eval()
         one = {k: v[index:index + 1] for k, v in batch.items() if k in ("video", "mask")}
@@ -306,6 +307,16 @@ class MaskedModeling(nn.Module):
             render = lambda v: _render_hog(v, self.token_grid, self.hog.nbins, self.hog.cell_size)  # noqa: E731
             both = torch.cat([render(target), render(pred)], dim=-1)  # target | prediction
             out["hog/target_vs_prediction"] = _tile(both[:, None].expand(-1, 3, -1, -1))
+        if "pixel" in self.heads:  # masked input | target | reconstruction (MAE's picture)
+            pred = self.heads["pixel"](tokens[0]).float()  # (t·h·w, ph·pw·3), per-patch normalized
+            th, tw = self.token_grid[1:]
+            ph, pw = H // th, W // tw
+            # undo the normalization with each patch's own mean and std (as MAE's visualization does)
+            patches = frames.reshape(t, 3, th, ph, tw, pw).permute(0, 2, 4, 3, 5, 1).reshape(t * th * tw, -1)
+            mean, std = patches.mean(-1, keepdim=True), (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+            recon = torch.where(upsample_mask(units, self.token_grid).flatten()[:, None], pred * std + mean, patches)
+            recon = recon.reshape(t, th, tw, ph, pw, 3).permute(0, 5, 1, 3, 2, 4).reshape(t, 3, H, W)
+            out["pixel/masked_target_reconstruction"] = torch.cat([_tile(shaded), _tile(frames), _tile(recon)], -1)
         return out
 
 

@@ -137,3 +137,46 @@ def test_mask_token_mode_on_a_vit_is_maskfeat_on_vit():
                           mask_unit=(1, 1, 1), targets=("hog",))
     loss, report = task({"video": torch.randn(2, 3, *SIZE)})
     assert torch.isfinite(loss) and task.token_grid == (2, 2, 3)
+
+
+def test_pixel_reconstruction_picture():
+    torch.manual_seed(0)
+    task = tiny_task(("pixel", "hog"))
+    pics = task.images({"video": torch.randn(2, 3, *SIZE), "mask": task.masker(2)})
+    assert pics["pixel/masked_target_reconstruction"].shape == (3, 2 * 32, 3 * 48)
+    assert set(pics) == {"mask/input", "hog/target_vs_prediction", "pixel/masked_target_reconstruction"}
+
+
+def test_accelerate_launch_runs_mae_with_one_key(tmp_path):
+    """`accelerate launch pretrain/run.py task=mae`: the MAE preset (ViT, 90 % random tokens, decoder, pixels),
+    masks from the loader's workers, the encoder export loads into the finetune form of the same ViT."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_pretrain_run import ROOT, RUN, scalars
+    from videodata import write_shards, write_synthetic_videos
+    videos = write_synthetic_videos(tmp_path / "videos", 4, frames=20, size=(64, 80), seed=3)
+    manifest = write_shards(videos, tmp_path / "shards", name="train", max_count=4, short_side=64)
+    out = tmp_path / "run"
+    r = subprocess.run(["accelerate", "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", RUN, "task=mae",
+                        f"data.train={tmp_path / 'shards' / manifest['url_pattern']}", f"train.output_dir={out}",
+                        "data.frames=4", "data.crop=64", "data.num_workers=1", "train.batch_size=2",
+                        "train.progress=false", "train.steps=2", "train.warmup_steps=1", "train.log_every=1",
+                        "train.image_every=2", "model.arch={depths: [1], embed_dim: 32, num_heads: 2}",
+                        "decoder.dim=16", "decoder.depth=1", "decoder.heads=2"],
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mae pretraining vit_demo_8x2" in r.stdout
+    config = json.loads((out / "export" / "model_config.json").read_text())
+    assert config["task"] == "mae" and config["mvit_config"]["final_norm"] and not config["mvit_config"]["mask_token"]
+    logged = scalars(out)
+    assert "pixel/masked_target_reconstruction" in logged["_images"]
+    assert abs(logged["train/mask_fraction"][1] - (1 - 3 / 32)) < 1e-6  # 2x4x4 tokens at 0.9: 3 kept
+    finetune = mvit.create_model("vit_demo_8x2", depths=(1,), embed_dim=32, num_heads=2, input_size=(4, 64, 64),
+                                 num_classes=3)
+    report = mvit.load_pretrained(finetune, str(out / "export" / "encoder.safetensors"), allow_new_head=True)
+    assert report.missing == ["head.weight", "head.bias"] and not report.dropped, report.summary()
