@@ -148,7 +148,7 @@ def test_pixel_reconstruction_picture():
 
 
 def test_accelerate_launch_runs_mae_with_one_key(tmp_path):
-    """`accelerate launch pretrain/run.py task=mae`: the MAE preset (ViT, 90 % random tokens, decoder, pixels),
+    """`accelerate launch pretrain/run.py task=mae`: the MAE preset (ViT, 75 % random tokens, decoder, pixels),
     masks from the loader's workers, the encoder export loads into the finetune form of the same ViT."""
     import json
     import os
@@ -175,7 +175,7 @@ def test_accelerate_launch_runs_mae_with_one_key(tmp_path):
     assert config["task"] == "mae" and config["mvit_config"]["final_norm"] and not config["mvit_config"]["mask_token"]
     logged = scalars(out)
     assert "pixel/masked_target_reconstruction" in logged["_images"]
-    assert abs(logged["train/mask_fraction"][1] - (1 - 3 / 32)) < 1e-6  # 2x4x4 tokens at 0.9: 3 kept
+    assert abs(logged["train/mask_fraction"][1] - (1 - 8 / 32)) < 1e-6  # 2x4x4 tokens at the demo's 0.75: 8 kept
     finetune = mvit.create_model("vit_demo_8x2", depths=(1,), embed_dim=32, num_heads=2, input_size=(4, 64, 64),
                                  num_classes=3)
     report = mvit.load_pretrained(finetune, str(out / "export" / "encoder.safetensors"), allow_new_head=True)
