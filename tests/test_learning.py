@@ -97,8 +97,10 @@ def test_mae_pretraining_beats_the_trivial_predictors(shards, tmp_path):
         trivial = {k: v.item() for k, v in task.trivial_losses(target, masked, with_zero=True).items()}
     print("MAE held-out masked loss", loss, trivial)
     assert loss <= 0.8 * trivial["zero"] and loss <= 0.8 * trivial["mean"], (loss, trivial)
-    # measured 0.945x and 0.95x of it after 300 steps (0.93x after 450); an encoder whose information does not
-    # reach the masked tokens stays at the visible mean or above
+    # measured 0.945x and 0.95x of it after 300 steps (0.93x after 450). A model that sees nothing can only
+    # learn the mean patch: an encoder fed blank clips reached 0.97x zero, so the first assert fails. This bound
+    # is loose: a decoder that never puts the mask tokens back in place still reached 0.958x (that break is
+    # caught by tests/test_mae_task.py and the SlowFast exactness test, not here)
     assert loss <= 0.98 * trivial["visible"], (loss, trivial)
 
 
