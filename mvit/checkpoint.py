@@ -32,8 +32,9 @@ from .model import resize_pos_embed, resize_rel_pos
 
 log = logging.getLogger(__name__)
 
-# keys that only a MaskFeat pretraining checkpoint has (reference `MaskMViT` and ours)
-PRETRAINING_KEYS = re.compile(r"^(mask_token|pred_head\.|hogs\.)")
+# keys that only a pretraining checkpoint has (MaskFeat or MAE: reference `MaskMViT`, mae_st, VideoMAE, ours)
+PRETRAINING_KEYS = re.compile(r"^(mask_token|pred_head\.|hogs\.|decoder[._]|dec_pos_embed|encoder_to_decoder\.|"
+                              r"videomae_encoder_norm\.)")
 HEAD_KEYS = re.compile(r"^(head\.|norm\.)")
 POOL_KERNEL = re.compile(r"\.attn\.pool_[qkv]\.weight$")
 SEPARATE_Q = re.compile(r"^(blocks\.\d+\.attn)\.q\.(weight|bias)$")
@@ -103,6 +104,8 @@ def unwrap_state_dict(obj, where: str = "checkpoint") -> dict[str, torch.Tensor]
 
 
 def detect_format(sd: dict[str, torch.Tensor]) -> str:
+    if any(k.endswith(".attn.q_bias") for k in sd) or "encoder_to_decoder.weight" in sd:
+        return "videomae"
     if "conv_proj.weight" in sd or "pos_encoding.class_token" in sd:
         return "torchvision"
     if any(k.startswith("stages.") for k in sd):
@@ -172,8 +175,33 @@ def _from_slowfast_image(sd):
             for k, v in _from_flat(sd).items()}
 
 
+def _from_videomae(sd):
+    """VideoMAE (MCG-NJU/VideoMAE modeling_{pretrain,finetune}.py): pretraining files hold `encoder.*`,
+    `decoder.*`, `encoder_to_decoder`, `mask_token`; finetuned ones the encoder at the top with `fc_norm`
+    (LayerNorm after mean pooling: our `norm` in fc_norm models) and `head`. Attention has a bias-free
+    `qkv` plus `q_bias` / `v_bias`: the k bias is zero (a k bias shifts every logit of a query equally, so
+    softmax ignores it; zero is exact). The encoder's own `norm` of a pretraining file is not used by
+    VideoMAE's finetuning (its fc_norm starts fresh): dropped. The sinusoid table is not in the files."""
+    pretraining = "encoder_to_decoder.weight" in sd
+    out = {}
+    for k, v in sd.items():
+        if pretraining and not k.startswith("encoder."):
+            out[k] = v  # decoder.*, encoder_to_decoder, mask_token: pretraining keys, dropped
+            continue
+        k = k[len("encoder."):] if pretraining else k
+        if pretraining and k.startswith("norm."):
+            k = "videomae_encoder_norm." + k[len("norm."):]
+        k = k.replace("fc_norm.", "norm.")
+        out[k] = v
+    for key in [k for k in out if re.match(r"^blocks\.\d+\.attn\.q_bias$", k)]:
+        attn = key[:-len(".q_bias")]
+        q, v = out.pop(key), out.pop(f"{attn}.v_bias")
+        out[f"{attn}.qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+    return out
+
+
 CONVERTERS = {"torchvision": _from_torchvision, "timm": _from_timm, "flat": _from_flat,
-              "slowfast-image": _from_slowfast_image}
+              "slowfast-image": _from_slowfast_image, "videomae": _from_videomae}
 
 
 def convert_state_dict(sd: dict[str, torch.Tensor], source_format: str | None = None):
@@ -234,6 +262,20 @@ def generation(keys) -> str | None:
     return "v1" if abs_pos and not rel_pos else "v2" if rel_pos and not abs_pos else None
 
 
+def _check_vit_variant(sd: dict, fmt: str, model: nn.Module, where: str) -> None:
+    """VideoMAE's ViT (no class token, fixed sinusoid positions) and SlowFast / mae_st's (class token,
+    learned separate position tables) are different models: say which one a checkpoint needs."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        return
+    if fmt == "videomae" and not cfg.sincos_pos:
+        raise CheckpointError(f"{where} is a VideoMAE checkpoint (no class token, fixed sinusoid positions, "
+                              "q/v biases): load it into a videomae_vit_* model")
+    if cfg.sincos_pos and fmt != "videomae" and ("cls_token" in sd or "pos_embed_spatial" in sd):
+        raise CheckpointError(f"{where} is a SlowFast / mae_st ViT checkpoint (class token, learned position "
+                              "tables), not VideoMAE's: load it into a vit_* model")
+
+
 def load_pretrained(
     model: nn.Module,
     checkpoint: str | os.PathLike | dict,
@@ -265,6 +307,7 @@ def load_pretrained(
     sd, fmt = convert_state_dict(sd, source_format)
     report = LoadReport(fmt)
     target = model.state_dict()
+    _check_vit_variant(sd, fmt, model, where)
     src_gen, model_gen = generation(sd), generation(target)
     if strict and src_gen and model_gen and src_gen != model_gen:
         raise CheckpointError(f"{where} ({fmt}) is an {GENERATIONS[src_gen]} checkpoint, but the model is "

@@ -61,6 +61,8 @@ class MViTConfig:
     head_dropout: float = 0.0
     head_init_scale: float = 1.0
     mask_token: bool = False  # learnable token for masked patches (MaskFeat pretraining)
+    # VideoMAE: a fixed 1-D sinusoid table over the patch tokens (a buffer, not a parameter)
+    sincos_pos: bool = False
 
     def __post_init__(self):
         n = 3 if self.video else 2
@@ -73,6 +75,17 @@ class MViTConfig:
             raise ValueError(f"MViTConfig.global_pool must be 'token' or 'avg', not {self.global_pool!r}")
         if self.global_pool == "token" and not self.cls_token:
             raise ValueError("global_pool='token' needs cls_token=True")
+        if self.sincos_pos and (self.abs_pos or self.cls_token):
+            raise ValueError("sincos_pos (VideoMAE) replaces abs_pos and has no class token")
+
+    @property
+    def plain(self) -> bool:
+        """A plain ViT: no pooling, no rel-pos, no residual pooling; the encoder can run on any
+        subset of the patch tokens (MAE), as long as each keeps its absolute position embedding."""
+        return (len(self.depths) == 1 and not self.rel_pos and not self.residual_pooling
+                and all(math.prod(self.pool_kernel_for(s)) == 1 for s in ((1,) * len(self.input_size),
+                                                                          tuple(self.kv_stride)))
+                and math.prod(self.kv_stride) == 1)
 
     @property
     def depth(self) -> int:
@@ -134,6 +147,15 @@ def resize_pos_embed(pos: torch.Tensor, grid: Grid, new_grid: Grid) -> torch.Ten
     table = pos.reshape(1, *grid, -1).movedim(-1, 1)  # (1, D, *grid)
     table = F.interpolate(table, size=tuple(new_grid), mode=mode, align_corners=False)
     return table.flatten(2).transpose(1, 2)  # (1, prod(new_grid), D)
+
+
+def sinusoid_table(n: int, dim: int) -> torch.Tensor:
+    """(n, dim) fixed 1-D sinusoid position table of VideoMAE (`get_sinusoid_encoding_table` in its
+    modeling_finetune.py): angle(p, j) = p / 10000^(2·(j // 2) / dim); sin on even j, cos on odd j."""
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    j = torch.arange(dim)
+    angle = pos / torch.pow(10000.0, 2 * (j // 2) / dim).to(torch.float64)  # (n, dim)
+    return torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
 
 
 def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -462,6 +484,8 @@ class MViT(nn.Module):
                 self.pos_embed_class = nn.Parameter(torch.zeros(1, 1, D))
         elif cfg.abs_pos:
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + math.prod(grid), D))
+        if cfg.sincos_pos:  # fixed, so not in state dicts (VideoMAE checkpoints do not hold it either)
+            self.register_buffer("pos_sincos", sinusoid_table(math.prod(grid), D)[None], persistent=False)
 
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear 0 -> rate
         self.blocks = nn.ModuleList()
@@ -494,6 +518,10 @@ class MViT(nn.Module):
             with torch.no_grad():
                 self.head.weight.mul_(self.cfg.head_init_scale)
                 self.head.bias.mul_(self.cfg.head_init_scale)
+        if isinstance(self.norm, nn.LayerNorm):
+            # the reference's _init_weights (video_model_builder.py) gives LayerNorm biases 0.02; the
+            # final norm is the one a finetune starts fresh (MaskFeat encoders have none), so start it alike
+            nn.init.constant_(self.norm.bias, 0.02)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -532,9 +560,10 @@ class MViT(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def _add_abs_pos(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """x: (B, prefix + N, D); resizes the tables when the grid differs from the config's
-        (resize_pos_embed: spatial bicubic, temporal linear)."""
+    def pos_table(self, grid: Grid) -> torch.Tensor | None:
+        """The absolute position embedding of (prefix + prod(grid)) tokens, (prefix + N, D) or
+        (1, prefix + N, D); None without one. Resizes the tables when the grid differs from the
+        config's (resize_pos_embed: spatial bicubic, temporal linear)."""
         g = self.cfg.patch_grid(self.cfg.input_size)
         if self.pos_embed_spatial is not None:  # MViTv1 video: table(t, h, w) = temporal(t) + spatial(h, w)
             sp = resize_pos_embed(self.pos_embed_spatial, g[1:], grid[1:])  # (1, h·w, D)
@@ -544,26 +573,57 @@ class MViT(nn.Module):
                 # concatenated as rows: a (1, 1, D) slice of the (1, 1 + N, D) gradient would reach the
                 # parameter with other strides, which DDP reports ("grad strides do not match")
                 pos = torch.cat([self.pos_embed_class.view(1, -1), pos])  # (1 + t·h·w, D)
-            return x + pos
+            return pos
         if self.pos_embed is not None:
             p = self.num_prefix_tokens
-            return x + torch.cat([self.pos_embed[:, :p], resize_pos_embed(self.pos_embed[:, p:], g, grid)], 1)
-        return x
+            return torch.cat([self.pos_embed[:, :p], resize_pos_embed(self.pos_embed[:, p:], g, grid)], 1)
+        if self.cfg.sincos_pos:
+            if tuple(grid) != tuple(g):
+                raise ValueError(f"the fixed sinusoid table is made for a {list(g)} token grid, not {list(grid)}")
+            return self.pos_sincos
+        return None
 
-    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def _add_abs_pos(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """x: (B, prefix + N, D) -> x + position embedding (if the model has one)."""
+        pos = self.pos_table(grid)
+        return x if pos is None else x + pos
+
+    def check_input(self, size: Grid) -> None:
+        """A one-line ValueError when the patch embed does not tile an input of size ((T,) H, W)."""
+        k, st, p = self.cfg.patch_kernel, self.cfg.patch_stride, self.cfg.patch_padding
+        if any((s + 2 * pp - kk) % ss or s + 2 * pp < kk for s, kk, ss, pp in zip(size, k, st, p)):
+            raise ValueError(f"a {'x'.join(map(str, size))} input is not tiled by the patch embed "
+                             f"(kernel {list(k)}, stride {list(st)}, padding {list(p)})")
+
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                         keep: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, 3, (T,) H, W) -> tokens (B, prefix + N_out, D_out) over feature_grid(...).
 
         mask: optional bool (B, *patch_grid) (True = masked); masked patch tokens are replaced
         by the mask token before position embeddings and blocks (MaskFeat).
+        keep: optional long (B, K), the patch tokens to keep (MAE): only they go through the blocks,
+        each with its own position embedding, gathered after the patch embed (SlowFast
+        `_mae_forward_encoder`) -> (B, prefix + K, D). Needs a plain ViT (cfg.plain).
         """
         x, grid = self.patch_embed(x)  # (B, N, D)
         if mask is not None:
             if self.mask_token is None:
                 raise ValueError("forward_features(mask=...) needs a model built with mask_token=True")
             x = torch.where(mask.flatten(1)[..., None], self.mask_token.to(x.dtype), x)
+        pos = self.pos_table(grid)  # (1, prefix + N, D), (prefix + N, D) or None
+        if keep is not None:
+            if not self.cfg.plain:
+                raise ValueError("keep= (dropping tokens) needs a plain ViT: no pooling, no rel-pos")
+            x = x.gather(1, keep[..., None].expand(-1, -1, x.shape[-1]))  # (B, K, D)
+            if pos is not None:
+                p = self.num_prefix_tokens
+                pos = pos.reshape(-1, pos.shape[-1])  # (prefix + N, D)
+                pos = torch.cat([pos[:p].expand(x.shape[0], -1, -1), pos[p:][keep]], 1)  # (B, prefix + K, D)
+            grid = (keep.shape[1],)  # no longer a grid; plain blocks do not look at it
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self._add_abs_pos(x, grid)
+        if pos is not None:
+            x = x + pos
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x, grid = checkpoint(blk, x, grid, use_reentrant=False)
@@ -580,8 +640,9 @@ class MViT(nn.Module):
             return x
         return self.head(self.head_drop(x))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, tokens: bool = False) -> torch.Tensor:
-        """-> logits (B, classes), or with tokens=True forward_features(x, mask)'s tokens. Tasks call
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, keep: torch.Tensor | None = None,
+                tokens: bool = False) -> torch.Tensor:
+        """-> logits (B, classes), or with tokens=True forward_features(x, mask, keep)'s tokens. Tasks call
         the model (not forward_features) so that `model.compile()`, which compiles calls, covers them."""
-        x = self.forward_features(x, mask)
+        x = self.forward_features(x, mask, keep)
         return x if tokens else self.forward_head(x)

@@ -4,7 +4,8 @@ Image variants mirror timm's `mvitv2_*` (facebookresearch/mvit ImageNet models);
 variants mirror the SlowFast Kinetics configs (`configs/Kinetics/MVITv2_*.yaml`) and the
 MaskFeat configs (`configs/masked_ssl/k400_MVITv2_*_16x4_{FT,MaskFeat_PT}.yaml`). MViTv1:
 SlowFast `configs/Kinetics/MVIT_B_{16x4,32x3}_CONV.yaml` (16x4 = torchvision `mvit_v1_b`) and
-`configs/ImageNet/MVIT_B_16_CONV.yaml`.
+`configs/ImageNet/MVIT_B_16_CONV.yaml`. ViT (MAE): SlowFast `configs/masked_ssl/k400_VIT_*_16x4_*.yaml`;
+VideoMAE's own ViT as `videomae_*`.
 """
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ _L = dict(depths=(2, 6, 36, 4), embed_dim=144, num_heads=2)
 # for images), no rel-pos, no residual pooling, widening in the MLP, q pooled only at stage starts
 _V1 = dict(abs_pos=True, rel_pos=False, residual_pooling=False, residual_pooling_cls=False,
            dim_mul_in_att=False, pool_q_every_block=False)
+
+# ViT video (SlowFast `configs/masked_ssl/k400_VIT_*_16x4_{MAE_PT,FT}.yaml`): its MViT with one stage and no
+# pooling; patch kernel = stride = (2, 16, 16), no padding; separate spatial / temporal / class position
+# embeddings (SEP_POS_EMBED), class token, qkv bias, LayerNorm eps 1e-6. Finetune form: mean pooling ->
+# norm -> dropout -> head (USE_MEAN_POOLING, HEAD_INIT_SCALE 0.001).
+_VIT = dict(stage_q_strides=(), kv_stride=(1, 1, 1), pool_kernel=(1, 1, 1), patch_kernel=(2, 16, 16),
+            patch_stride=(2, 16, 16), patch_padding=(0, 0, 0), abs_pos=True, rel_pos=False, residual_pooling=False,
+            dim_mul_in_att=False, global_pool="avg", fc_norm=True, head_init_scale=0.001)
+# VideoMAE (MCG-NJU/VideoMAE modeling_finetune.py): no class token, a fixed 1-D sinusoid table, mean pooling ->
+# fc_norm -> head; inputs normalized with the ImageNet mean / std (videodata.IMAGENET_MEAN / _STD)
+_VIDEOMAE = dict(_VIT, abs_pos=False, sincos_pos=True, cls_token=False)
 
 _CONFIGS: dict[str, MViTConfig] = {
     # image (timm structure and parameter counts)
@@ -49,6 +61,17 @@ _CONFIGS: dict[str, MViTConfig] = {
     "mvitv1_b_32x3": MViTConfig(depths=(2, 3, 16, 3), input_size=(32, 224, 224), pool_kernel=None,
                                 drop_path_rate=0.3, **_V1, **_VIDEO),
     "mvitv1_b_16": MViTConfig(depths=(1, 2, 11, 2), drop_path_rate=0.1, **{**_IMAGE, **_V1}),
+    # ViT video, MAE (finetune form; pretraining="mae" gives the MAE encoder)
+    "vit_b_16x4": MViTConfig(depths=(12,), embed_dim=768, num_heads=12, drop_path_rate=0.1, head_dropout=0.3, **_VIT),
+    "vit_l_16x4": MViTConfig(depths=(24,), embed_dim=1024, num_heads=16, drop_path_rate=0.2, head_dropout=0.3,
+                             **_VIT),
+    "vit_h_16x4": MViTConfig(depths=(32,), embed_dim=1280, num_heads=16, drop_path_rate=0.2, head_dropout=0.5,
+                             **_VIT),
+    "videomae_vit_b_16x4": MViTConfig(depths=(12,), embed_dim=768, num_heads=12, drop_path_rate=0.1, **_VIDEOMAE),
+    "videomae_vit_l_16x4": MViTConfig(depths=(24,), embed_dim=1024, num_heads=16, drop_path_rate=0.2, **_VIDEOMAE),
+    # a 1.4M-parameter ViT for the CPU demo (8×96² clips: 4×6×6 = 144 tokens of 2×16×16 px)
+    "vit_demo_8x2": MViTConfig(depths=(6,), embed_dim=128, num_heads=4, input_size=(8, 96, 96), num_classes=12,
+                               **_VIT),
     # a 1.7M-parameter MaskFeat MViTv2 for the CPU demo (8×64² clips)
     "mvitv2_demo_8x2_maskfeat": MViTConfig(depths=(1, 2, 3, 1), embed_dim=32, input_size=(8, 64, 64),
                                            num_classes=12, **_MASKFEAT),
@@ -59,21 +82,39 @@ def list_models() -> list[str]:
     return sorted(_CONFIGS)
 
 
-def pretraining_form(cfg: MViTConfig) -> MViTConfig:
-    """MaskFeat pretraining form: q stride 1 at the last stage (224² -> 14×14 output grid),
-    mask token, no final norm, no head, no drop path (SlowFast `*_MaskFeat_PT.yaml`)."""
+PRETRAINING_FORMS = ("maskfeat", "mae")
+
+
+def pretraining_form(cfg: MViTConfig, form: str = "maskfeat") -> MViTConfig:
+    """The encoder of a masked-modeling task; no head, no drop path.
+
+    "maskfeat" (SlowFast `*_MaskFeat_PT.yaml`): every token goes through the encoder, masked ones
+    replaced by a mask token; q stride 1 at the last stage (224² -> 14×14 output grid); no final norm.
+    "mae" (SlowFast `*_MAE_PT.yaml`): the encoder sees only the visible tokens (a plain ViT); its final
+    norm is kept, the mask token belongs to the decoder; global_pool / fc_norm give the encoder
+    `norm` its place after the blocks.
+    """
+    if form not in PRETRAINING_FORMS:
+        raise ValueError(f"pretraining form must be one of {PRETRAINING_FORMS}, not {form!r}")
+    common = dict(num_classes=0, drop_path_rate=0.0, head_dropout=0.0)
+    if form == "mae":
+        if not cfg.plain:
+            raise ValueError("MAE pretraining drops tokens, which needs a plain ViT (no pooling, no rel-pos): "
+                             "use a vit_* model")
+        return replace(cfg, mask_token=False, final_norm=True, fc_norm=False, **common)
     ones = (1,) * len(cfg.input_size)
-    return replace(cfg, stage_q_strides=cfg.stage_q_strides[:-1] + (ones,), mask_token=True,
-                   final_norm=False, num_classes=0, drop_path_rate=0.0, head_dropout=0.0)
+    strides = cfg.stage_q_strides[:-1] + (ones,) if cfg.stage_q_strides else ()
+    return replace(cfg, stage_q_strides=strides, mask_token=True, final_norm=False, **common)
 
 
-def get_config(name: str, *, pretraining: bool = False, **overrides) -> MViTConfig:
-    """The architecture config of a registered model, with field overrides."""
+def get_config(name: str, *, pretraining: bool | str = False, **overrides) -> MViTConfig:
+    """The architecture config of a registered model, with field overrides. pretraining: False, True
+    (= "maskfeat") or a form of `pretraining_form`."""
     if name not in _CONFIGS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
     cfg = _CONFIGS[name]
     if pretraining:
-        cfg = pretraining_form(cfg)
+        cfg = pretraining_form(cfg, "maskfeat" if pretraining is True else pretraining)
     known = {f.name for f in fields(MViTConfig)}
     bad = sorted(set(overrides) - known)
     if bad:
@@ -102,7 +143,7 @@ def config_from_json(text: str) -> MViTConfig:
     return MViTConfig(**{k: _as_tuples(v) for k, v in d.items()})
 
 
-def create_model(name: str, *, pretraining: bool = False, pretrained: str | None = None, **overrides) -> MViT:
+def create_model(name: str, *, pretraining: bool | str = False, pretrained: str | None = None, **overrides) -> MViT:
     """Build a registered model. `pretrained`: a checkpoint path loaded with `load_pretrained`."""
     model = MViT(get_config(name, pretraining=pretraining, **overrides))
     if pretrained is not None:

@@ -2,10 +2,11 @@
 
 Both stages describe their run as a dataclass tree (see pretrain/run.py, finetune/run.py).
 `parse_config(schema, argv)` merges, in order: the dataclass defaults, `--config FILE`
-(YAML), then `key.sub=value` overrides. Unknown keys and wrong types are errors that name
-the key (OmegaConf structured configs check both). `--help` opens with what the
-entry point does and one example (`help_header`, also used by scripts/*.py through
-`ScriptParser`), then lists every option with its type and default.
+(YAML), then `key.sub=value` overrides; a schema's `PRESETS[value of PRESET_KEY]` (e.g. the
+defaults of `task=mae`) go between the dataclass defaults and the files. Unknown keys and
+wrong types are errors that name the key (OmegaConf structured configs check both). `--help`
+opens with what the entry point does and one example (`help_header`, also used by
+scripts/*.py through `ScriptParser`), then lists every option with its type and default.
 """
 from __future__ import annotations
 
@@ -116,9 +117,9 @@ def parse_config(schema, argv: list[str] | None = None, *, prog: str = "run.py",
             dotlist.append(arg)
         else:
             raise ConfigError(f"unrecognised argument {arg!r} (expected --config FILE or key=value)")
-    cfg = OmegaConf.structured(schema)
     required: set[str] = set()  # recipes mark what only the user knows (their shard paths) as ???
     try:
+        layers = []
         for layer in [*files, dotlist]:
             if isinstance(layer, str):
                 if not Path(layer).is_file():
@@ -129,7 +130,14 @@ def parse_config(schema, argv: list[str] | None = None, *, prog: str = "run.py",
             missing = OmegaConf.missing_keys(layer)
             # merging ??? keeps the default underneath, so track the holes ourselves
             required = (required | missing) - (_leaf_keys(layer) - missing)
-            cfg = OmegaConf.merge(cfg, layer)
+            layers.append(layer)
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), *layers)
+        # a schema may name one key whose value selects other defaults (pretrain: task=mae): those go
+        # between the dataclass defaults and the files / overrides, which still win
+        preset_key = getattr(schema, "PRESET_KEY", None)
+        preset = getattr(schema, "PRESETS", {}).get(OmegaConf.select(cfg, preset_key)) if preset_key else None
+        if preset:
+            cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(preset), *layers)
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from None
     if required:

@@ -8,6 +8,12 @@ spatio-temporal blocks are added until round(ratio * units) units are masked. It
 batched: the Python loop runs over block placements, each placement draws all its tries
 for the whole batch at once and counts overlaps with a summed-volume table, so no Python
 code runs per unit. `upsample_mask` maps units to token grids.
+
+`TokenMaskGenerator` makes MAE's masks, one unit per patch token, with a fixed number of
+visible tokens per clip (the encoder then runs on equal-length sequences): "random" as
+SlowFast `masked.py` `_mae_random_masking` (argsort of uniform noise, keep int(L * (1 - r))),
+"tube" as VideoMAE `masking_generator.py` (one 2-D mask of int(r * h * w) tokens repeated
+over time).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import math
 
 import torch
 
-__all__ = ["CubeMaskGenerator", "upsample_mask"]
+__all__ = ["CubeMaskGenerator", "TokenMaskGenerator", "upsample_mask"]
 
 _MODES = ("cube", "tube", "random")
 # Tries per pass of the block loop (samples x max_attempts): small enough that torch runs
@@ -183,6 +189,47 @@ class CubeMaskGenerator:
                 for b in placed.nonzero().flatten().tolist():
                     blocks[b].append(tuple(chosen[b].tolist()))
         return mask, blocks
+
+
+class TokenMaskGenerator:
+    """MAE masks over a (t, h, w) token grid, True = masked, the same count in every clip.
+
+    mode "random": keep int(t·h·w · (1 - mask_ratio)) tokens, chosen as the smallest values of
+    uniform noise (SlowFast `_mae_random_masking`: 156 of 1568 at ratio 0.9);
+    mode "tube": mask int(mask_ratio · h·w) positions of one frame, the same in every time step
+    (VideoMAE `TubeMaskingGenerator`: 176 of 196 per frame at 0.9, 160 of 1568 kept).
+    """
+
+    MODES = ("random", "tube")
+
+    def __init__(self, grid: tuple[int, int, int], mask_ratio: float = 0.9, mode: str = "random"):
+        if mode not in self.MODES:
+            raise ValueError(f"MAE mask mode must be one of {self.MODES}, got {mode!r}")
+        t, h, w = (int(g) for g in grid)
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask ratio must be in [0, 1), got {mask_ratio}")
+        self.grid, self.mask_ratio, self.mode = (t, h, w), mask_ratio, mode
+        if mode == "random":
+            self.keep = int(t * h * w * (1 - mask_ratio))
+        else:
+            self.keep = t * (h * w - int(mask_ratio * h * w))
+        if self.keep < 1:
+            raise ValueError(f"mask ratio {mask_ratio} keeps no token of the {t}x{h}x{w} token grid ({mode} mode)")
+
+    def __repr__(self) -> str:
+        return f"TokenMaskGenerator(grid={self.grid}, mask_ratio={self.mask_ratio}, keep={self.keep}, mode={self.mode!r})"
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """-> mask (batch_size, t, h, w) bool, True = masked, exactly self.keep False per clip."""
+        t, h, w = self.grid
+        device = generator.device if generator is not None else torch.device("cpu")
+        if self.mode == "tube":
+            noise = torch.rand(batch_size, 1, h * w, generator=generator, device=device)
+            rank = noise.argsort(-1).argsort(-1)  # (B, 1, h·w), a uniform permutation per clip
+            return (rank >= self.keep // t).expand(batch_size, t, h * w).reshape(batch_size, t, h, w)
+        noise = torch.rand(batch_size, t * h * w, generator=generator, device=device)
+        rank = noise.argsort(-1).argsort(-1)  # ascending noise is kept, as in the reference
+        return (rank >= self.keep).view(batch_size, t, h, w)
 
 
 def _uniform_int(u: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:

@@ -1,14 +1,16 @@
-"""MaskFeat pretraining of MViTv2 on video shards.
+"""MaskFeat or MAE pretraining (one masked-modeling task, pretrain/maskfeat.py) on video shards.
 
     accelerate launch pretrain/run.py [--config FILE.yaml] [key=value ...]
     accelerate launch pretrain/run.py --config configs/pretrain/k400_mvitv2_s_16x4_maskfeat.yaml \\
         data.train='shards/k400/train-{000000..000239}.tar'
 
 With no arguments: the demo. A synthetic dataset is made under data/demo (once), a
-1.7M-parameter MViTv2 is pretrained on its 360 "unlabeled" videos on CPU for a few minutes,
+1.7M-parameter MViTv2 is pretrained on its 480 "unlabeled" videos on CPU for a few minutes,
 and the run ends by printing where its checkpoints, encoder export and TensorBoard logs are.
+`task=mae` runs MAE instead (a 1.4M-parameter ViT that sees the visible 25 % of its tokens,
+a small decoder, per-patch normalized pixel targets; PRESETS below).
 The dataclass defaults are the demo's recipe; configs/pretrain/*.yaml are the reference's.
-Recipes: configs/pretrain/*.yaml (MaskFeat MViTv2-S / L 16x4 on Kinetics-400).
+Recipes: configs/pretrain/*.yaml (MaskFeat MViTv2-S / L 16x4, MAE ViT-B / L / H 16x4 on Kinetics-400).
 """
 from __future__ import annotations
 
@@ -16,14 +18,14 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 if __package__ in (None, ""):  # `accelerate launch pretrain/run.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mvit  # noqa: E402
 from pretrain.init import load_pretraining_init, report_init  # noqa: E402
-from pretrain.maskfeat import MaskFeat  # noqa: E402
+from pretrain.maskfeat import MaskedModeling  # noqa: E402
 from pretrain.runtime import (ModelConfig, OptimConfig, RunError, Schedule, TrainConfig, Trainer,  # noqa: E402
                               build_backbone, checkpoint_weights, describe, entry_point, find_shards,
                               full_state_dict, setup, start_run)
@@ -55,18 +57,56 @@ class DataConfig:
 @dataclass
 class MaskConfig:
     ratio: float = 0.4
-    mode: str = field(default="cube", metadata={"help": "cube (reference), tube or random"})
+    mode: str = field(default="cube", metadata={
+        "help": "maskfeat: cube (reference), tube or random units; mae: random (SlowFast) or tube (VideoMAE) tokens"})
     # The reference's unit, 1x8x8 patch tokens, is 1/7 of a 224 frame's width. The demo's 64 px clips
     # take 1x4x4 (16 px, 4x4 units a frame), the finest unit that tiles their 4x4 output token grid.
     unit: List[int] = field(default_factory=lambda: [1, 4, 4], metadata={
-        "help": "mask unit in patch tokens (t, h, w); the recipes use the reference's [1, 8, 8]"})
+        "help": "mask unit in patch tokens (t, h, w); the recipes use the reference's [1, 8, 8] (mae: one token)"})
     targets: List[str] = field(default_factory=lambda: ["hog"], metadata={"help": "hog and/or pixel"})
     visible_weight: float = field(default=1.0, metadata={
         "help": "weight of the loss on visible tokens (0: masked tokens only, the reference and the recipes)"})
 
 
 @dataclass
+class DecoderConfig:
+    """MAE's decoder (task=mae): plain ViT blocks over all tokens (reference: 4 blocks of width 512, 8 heads)."""
+    dim: int = 512
+    depth: int = 4
+    heads: int = 8
+    sep_pos: bool = field(default=False, metadata={
+        "help": "separate spatial / temporal / class position tables (SlowFast DECODER_SEP_POS_EMBED); "
+                "false: one table (the reference recipes)"})
+
+
+# task -> the masked-modeling task's encoder axis (pretrain/maskfeat.py): MaskFeat sends mask tokens through
+# the encoder, MAE drops them and decodes
+TASKS = {"maskfeat": "mask_token", "mae": "drop"}
+
+# task=mae's demo recipe, under any --config file and key=value: a 1.4M-parameter ViT on the demo's
+# 8x96² clips (4x6x6 tokens), a 2-block decoder of width 96, normalized pixels of the masked tokens only,
+# AdamW betas (0.9, 0.95) (the reference's). Mask 0.75, not the recipes' 0.9: a demo clip has 144 tokens,
+# and at 0.9 the 14 visible ones leave little to learn from; on the demo's still backgrounds even copying
+# each masked patch from the same place in another frame only reaches 0.82x the loss of the clip's
+# visible mean at 0.9, 0.62x at 0.75 (measured on the learning test's clips).
+MAE_DEMO = {
+    "model": {"name": "vit_demo_8x2"},
+    "data": {"crop": 96},  # 4x6x6 = 144 tokens of 2x16x16 px (the MaskFeat demo's 64 px would leave 64)
+    "mask": {"ratio": 0.75, "mode": "random", "targets": ["pixel"], "visible_weight": 0.0},
+    "decoder": {"dim": 96, "depth": 2, "heads": 4},
+    "optim": {"betas": [0.9, 0.95]},
+    "train": {"output_dir": "runs/pretrain-demo-mae"},
+}
+
+
+@dataclass
 class PretrainConfig:
+    PRESET_KEY: ClassVar[str] = "task"
+    PRESETS: ClassVar[dict] = {"mae": MAE_DEMO}
+
+    task: str = field(default="maskfeat", metadata={
+        "help": "maskfeat (masked tokens become a mask token, all go through the encoder) or mae (the encoder "
+                "sees the visible tokens, a decoder predicts the rest; its demo defaults: MAE_DEMO)"})
     init: Optional[str] = field(default=None, metadata={
         "help": "weights to start from (a resumed run loads its checkpoint over them): our encoder export, a "
                 "pretraining checkpoint folder, a SlowFast MaskFeat .pyth (with its HOG head), a supervised or "
@@ -74,6 +114,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     # The demo's recipe: 3e-4 at its 8 clips per step. At 4x that (the old default, 4e-3 per 32 clips)
     # the tiny MViT collapses to token-constant outputs, the mean predictor, and stays there.
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1.2e-3))
@@ -81,18 +122,22 @@ class PretrainConfig:
                                                                    log_every=10, image_every=250))
 
 
-def build_task(cfg: PretrainConfig) -> MaskFeat:
-    encoder = build_backbone(cfg, pretraining=True)
+def build_task(cfg: PretrainConfig) -> MaskedModeling:
+    if cfg.task not in TASKS:
+        raise RunError(f"task must be one of {sorted(TASKS)}, not {cfg.task!r}")
     size = (cfg.data.frames, cfg.data.crop, cfg.data.crop)
     try:
-        return MaskFeat(encoder, size, mask_ratio=cfg.mask.ratio, mask_mode=cfg.mask.mode,
-                        mask_unit=tuple(cfg.mask.unit), targets=tuple(cfg.mask.targets),
-                        visible_weight=cfg.mask.visible_weight)
-    except ValueError as e:  # a mask / target setting that does not fit the model
+        encoder = build_backbone(cfg, pretraining="mae" if cfg.task == "mae" else "maskfeat")
+        return MaskedModeling(encoder, size, encoder_mode=TASKS[cfg.task], mask_ratio=cfg.mask.ratio,
+                              mask_mode=cfg.mask.mode, mask_unit=tuple(cfg.mask.unit), targets=tuple(cfg.mask.targets),
+                              visible_weight=cfg.mask.visible_weight, decoder_dim=cfg.decoder.dim,
+                              decoder_depth=cfg.decoder.depth, decoder_heads=cfg.decoder.heads,
+                              decoder_sep_pos=cfg.decoder.sep_pos)
+    except ValueError as e:  # a model / mask / target setting that does not fit the task
         raise RunError(str(e)) from None
 
 
-def build_loader(cfg: PretrainConfig, urls: str, accelerator, start_epoch: int, task: MaskFeat):
+def build_loader(cfg: PretrainConfig, urls: str, accelerator, start_epoch: int, task: MaskedModeling):
     """The training loader; its workers make each batch's masks with the task's own masker,
     so the mask geometry (unit grid, ratio, mode) cannot differ between loader and model."""
     from videodata import build_train_loader
@@ -115,7 +160,7 @@ def clips_normalizer(cfg: PretrainConfig):
     return lambda batch: dict(batch, video=normalize_video(batch["video"]))
 
 
-def export_encoder(task: MaskFeat, cfg: PretrainConfig, step: int, accelerator) -> Path:
+def export_encoder(task: MaskedModeling, cfg: PretrainConfig, step: int, accelerator) -> Path:
     """Encoder weights (safetensors, config in the metadata) + model_config.json for finetuning.
     Every rank calls it (sharded weights are gathered); the main process writes."""
     out = Path(cfg.train.output_dir) / "export"
@@ -125,16 +170,16 @@ def export_encoder(task: MaskFeat, cfg: PretrainConfig, step: int, accelerator) 
     out.mkdir(parents=True, exist_ok=True)
     encoder = task.encoder
     mvit.save_safetensors(encoder, out / "encoder.safetensors",
-                          {"model_name": cfg.model.name, "stage": "maskfeat-pretraining", "step": str(step)},
+                          {"model_name": cfg.model.name, "stage": f"{cfg.task}-pretraining", "step": str(step)},
                           state_dict=state)
     (out / "model_config.json").write_text(json.dumps(
-        {"model_name": cfg.model.name, "pretraining": True, "step": step,
+        {"model_name": cfg.model.name, "pretraining": True, "task": cfg.task, "step": step,
          "mvit_config": json.loads(mvit.config_to_json(encoder.cfg))}, indent=2))
     return out / "encoder.safetensors"
 
 
-def load_task(output_dir: str | Path, step: int | None = None) -> tuple[MaskFeat, PretrainConfig]:
-    """The MaskFeat task (encoder and prediction heads) of a run folder, from its config and its
+def load_task(output_dir: str | Path, step: int | None = None) -> tuple[MaskedModeling, PretrainConfig]:
+    """The masked-modeling task (encoder and prediction heads) of a run folder, from its config and its
     last checkpoint (or step `step`), in eval mode: for pictures and checks of what it learned."""
     from safetensors.torch import load_file
 
@@ -164,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(task, cfg.train, cfg.optim, sched, accelerator, start_run(accelerator, cfg, "tb"),
                       on_device=clips_normalizer(cfg))
     start = trainer.resume()
-    accelerator.print(f"pretraining {cfg.model.name} ({sum(p.numel() for p in task.encoder.parameters()):,} "
+    accelerator.print(f"{cfg.task} pretraining {cfg.model.name} ({sum(p.numel() for p in task.encoder.parameters()):,} "
                       f"encoder params) on {urls}: {describe(sched, accelerator)}")
     # a resumed run draws fresh samples: the stream's seed moves with the start step
     trainer.fit(build_loader(cfg, urls, accelerator, start_epoch=start, task=task))

@@ -1,8 +1,15 @@
-"""One MaskFeat pretraining step: clips/s, peak memory, FLOP/s, and the share of HOG + masking.
+"""One MaskFeat or MAE pretraining step: clips/s, peak memory, FLOP/s, and the share of targets + masking.
 
     python scripts/benchmark_pretrain_step.py                      # the demo config on CPU
     python scripts/benchmark_pretrain_step.py --model mvitv2_s_16x4_maskfeat --frames 16 --crop 224 \
         --batch 8 --device cuda --dtype bf16 [--compile]           # MaskFeat-S 16x4 on a GPU, with MFU
+    python scripts/benchmark_pretrain_step.py --task mae --model vit_b_16x4 --frames 16 --crop 224
+    python scripts/benchmark_pretrain_step.py --compare --depth 4  # MAE at 90 % vs MaskFeat, same ViT, per clip
+
+--compare runs both tasks on one ViT (--model, --depth blocks, its width): MaskFeat (every token through
+the encoder, a mask token for the masked ones, HOG targets) and MAE (the visible 10 % through the
+encoder, the reference decoder of 4 blocks x 512, pixel targets), and prints time and FLOPs per clip,
+their ratio, and where MAE's FLOPs go (encoder, decoder + head).
 
 A step = forward + HOG targets + backward + AdamW update on a batch of random clips with
 masks made beforehand, as the loader's workers make them in training (data loading is
@@ -29,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import mvit  # noqa: E402
 from benchmark import count_flops  # noqa: E402  (scripts/benchmark.py, a sibling script)
 from pretrain.config import ScriptParser  # noqa: E402
-from pretrain.maskfeat import MaskFeat  # noqa: E402
+from pretrain.maskfeat import MaskedModeling, MaskFeat  # noqa: E402
 from pretrain.runtime import OptimConfig, make_optimizer  # noqa: E402
 
 
@@ -72,9 +79,17 @@ def device_peak(device, dtype: str, peak_tflops: float | None = None, mm_size: i
     return peak, f"{peak / 1e9:.0f} GFLOP/s measured fp32 matmul ({mm_size}²)"
 
 
-def build_task(model: str, size: tuple[int, int, int], **arch) -> MaskFeat:
-    """The MaskFeat task on `model`'s pretraining form for (T, H, W) clips; arch: MViTConfig overrides."""
+def build_task(model: str, size: tuple[int, int, int], task: str = "maskfeat", **arch) -> MaskFeat:
+    """The masked-modeling task on `model`'s pretraining form for (T, H, W) clips; arch: MViTConfig
+    overrides. task "maskfeat": the reference MaskFeat (cube masks of 1x8x8-token units at 0.4, HOG; on a
+    ViT one-token units); "mae": MAE at 90 % (random tokens, the reference decoder 4 x 512, pixels)."""
+    if task == "mae":
+        encoder = mvit.create_model(model, pretraining="mae", input_size=size, **arch)
+        return MaskedModeling(encoder, size, encoder_mode="drop", mask_ratio=0.9, mask_mode="random",
+                              targets=("pixel",))
     encoder = mvit.create_model(model, pretraining=True, input_size=size, **arch)
+    if encoder.cfg.plain:  # a ViT: 16 px tokens, so mask units of one token (SlowFast in1k_VIT_*_MaskFeat_PT)
+        return MaskedModeling(encoder, size, mask_ratio=0.4, mask_mode="cube", mask_unit=(1, 1, 1))
     return MaskFeat(encoder, size)
 
 
@@ -116,6 +131,45 @@ def measure_step(task: MaskFeat, batch: int, device, *, dtype: str = "fp32", com
     return out
 
 
+def compare(args, device) -> None:
+    """MAE at 90 % vs MaskFeat on the same ViT: time and FLOPs per clip, and MAE's FLOPs by part."""
+    size = (args.frames, args.crop, args.crop)
+    arch = {"depths": (args.depth,)} if args.depth else {}
+    rows = {}
+    for kind in ("maskfeat", "mae"):
+        torch.manual_seed(0)
+        task = build_task(args.model, size, kind, **arch).to(device)
+        r = measure_step(task, args.batch, device, dtype=args.dtype, warmup=args.warmup, repeats=args.repeats)
+        video = torch.randn(args.batch, 3, *size, device=device)
+        units = task.masker(args.batch).to(device)
+        if kind == "mae":  # forward FLOPs of the encoder alone (on the visible tokens), and of the whole step
+            with torch.no_grad():
+                r["encoder_fwd_flops"] = count_flops(lambda: task.forward_visible(video, units))
+                r["fwd_flops"] = count_flops(lambda: task(dict(video=video, mask=units)))
+        else:
+            with torch.no_grad():
+                r["encoder_fwd_flops"] = count_flops(lambda: task.forward_encoder(video, units))
+                r["fwd_flops"] = count_flops(lambda: task(dict(video=video, mask=units)))
+        rows[kind] = r
+    b = args.batch
+    mf, mae = rows["maskfeat"], rows["mae"]
+    print(f"ViT {args.model} x {args.depth or 'all'} blocks, clips {b}×3×{args.frames}×{args.crop}², {device}, "
+          f"{args.dtype}, {torch.get_num_threads()} threads; MAE decoder 4×512")
+    print("| per clip | MaskFeat (all tokens, HOG) | MAE 90 % (visible tokens + decoder, pixels) | MaskFeat / MAE |")
+    print("|---|---|---|---|")
+    print(f"| step time | {mf['step_s'] / b * 1e3:.0f} ms | {mae['step_s'] / b * 1e3:.0f} ms | "
+          f"{mf['step_s'] / mae['step_s']:.2f}× |")
+    print(f"| step FLOPs | {mf['flops'] / b / 1e9:.1f} G | {mae['flops'] / b / 1e9:.1f} G | "
+          f"{mf['flops'] / mae['flops']:.2f}× |")
+    print(f"| encoder forward FLOPs | {mf['encoder_fwd_flops'] / b / 1e9:.2f} G | "
+          f"{mae['encoder_fwd_flops'] / b / 1e9:.2f} G | {mf['encoder_fwd_flops'] / mae['encoder_fwd_flops']:.2f}× |")
+    rest = mae["fwd_flops"] - mae["encoder_fwd_flops"]
+    print(f"| MAE forward FLOPs outside the encoder (decoder, head, loss) | | {rest / b / 1e9:.2f} G = "
+          f"{100 * rest / mae['fwd_flops']:.0f} % of its forward | |")
+    print(f"| targets + masks (time) | {(mf['targets_s'] + mf['mask_s']) / b * 1e3:.1f} ms | "
+          f"{(mae['targets_s'] + mae['mask_s']) / b * 1e3:.1f} ms | |")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ScriptParser(doc=__doc__, script=__file__)
     p.add_argument("--model", default="mvitv2_demo_8x2_maskfeat")
@@ -128,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--task", default="maskfeat", choices=["maskfeat", "mae"])
+    p.add_argument("--compare", action="store_true", help="MAE at 90 %% vs MaskFeat per clip on one ViT")
+    p.add_argument("--depth", type=int, default=0, help="--compare: encoder blocks (0: the model's)")
     return p
 
 
@@ -135,8 +192,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
+    if args.compare:
+        if args.model == "mvitv2_demo_8x2_maskfeat":
+            args.model = "vit_b_16x4"
+        return compare(args, device)
 
-    task = build_task(args.model, (args.frames, args.crop, args.crop)).to(device)
+    task = build_task(args.model, (args.frames, args.crop, args.crop), args.task).to(device)
     r = measure_step(task, args.batch, device, dtype=args.dtype, compile=args.compile, warmup=args.warmup,
                      repeats=args.repeats)
     t_step, t_aux, t_mask, flops = r["step_s"], r["targets_s"] + r["mask_s"], r["mask_s"], r["flops"]
@@ -154,7 +215,7 @@ def main(argv=None):
     print(f"| peak memory | {peak_mem} |")
     print(f"| model FLOPs per step | {flops / 1e9:.1f} GFLOP |")
     print(f"| achieved | {flops / t_step / 1e9:.1f} GFLOP/s = {100 * flops / t_step / peak:.1f} % of {peak_note} |")
-    print(f"| HOG targets + masks per step | {t_aux * 1e3:.1f} ms = {100 * t_aux / t_step:.2f} % of the step |")
+    print(f"| targets + masks per step | {t_aux * 1e3:.1f} ms = {100 * t_aux / t_step:.2f} % of the step |")
     print(f"| of which masks | {t_mask * 1e3:.2f} ms ({t_mask / args.batch * 1e6:.0f} µs per clip) |")
 
 

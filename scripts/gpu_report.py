@@ -1,4 +1,4 @@
-"""The first command of a GPU session: model, MaskFeat step, HOG and loader speed in one table.
+"""The first command of a GPU session: model, MaskFeat step, MAE step, HOG and loader speed in one table.
 
     python scripts/gpu_report.py                                   # GPU (auto): about 8 minutes on one H200
     python scripts/gpu_report.py --out gpu.md --json gpu.json      # also keep the table and the raw numbers
@@ -16,6 +16,9 @@ Rows (bf16 autocast unless --dtype fp32; medians over timed repeats after warm-u
                         MFU, peak memory, the share of HOG targets, the masks' cost (made in the
                         loader's workers, so 0 in the main process) and the data wait implied
                         by the loader row.
+  MAE step              MAE ViT-B 16x4 (`vit_b_16x4`, MAE form: the visible 10 % of 1568 tokens through
+                        the encoder, decoder 4 x 512, pixel targets), 32 clips, AdamW, eager: clips/s,
+                        MFU, peak memory, the share of the pixel targets.
   HOG                   `HOGLayer` on the frames of one step (8 per clip x 32 clips) on the device.
   loader                `build_train_loader` as pretraining runs it (the task's masker, uint8
                         clips) on synthetic shards made here with make_shards' defaults (GOP 16,
@@ -66,6 +69,7 @@ from pretrain.hog import HOGLayer  # noqa: E402
 from videodata import build_train_loader, write_shards, write_synthetic_videos  # noqa: E402
 
 STEP_MODEL = "mvitv2_s_16x4_maskfeat"
+MAE_MODEL = "vit_b_16x4"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Sizes:
     model_batch: int = 8  # clips per model-row pass
     step_batch: int = 32  # clips per GPU in a MaskFeat-S step
     arch: dict = field(default_factory=dict)  # MViTConfig overrides of the step's encoder
+    mae_arch: dict = field(default_factory=dict)  # ... and of the MAE step's ViT
     repeats: int = 10
     videos: int = 16  # synthetic videos for the loader rows
     video_size: tuple[int, int] = (320, 428)  # the shards' default short side, 4:3
@@ -87,6 +92,7 @@ class Sizes:
 
 
 SMALL = Sizes(frames=4, stride=2, crop=64, model_batch=1, step_batch=2, arch=dict(depths=(1, 1, 1, 1), embed_dim=16),
+              mae_arch=dict(depths=(1,), embed_dim=64, num_heads=4),
               repeats=2, videos=4, video_size=(72, 96), video_frames=12, loader_batch=2, loader_batches=2, mm_size=512)
 
 
@@ -183,6 +189,23 @@ def step_row(ctx: Context, compiled: bool) -> dict:
     return row(step_name(compiled), f"{s.step_batch}×3×{s.frames}×{s.crop}², {ctx.dtype}, AdamW{arch}",
                time_s=r["step_s"], work=s.step_batch, unit="clips/s", ctx=ctx, notes=notes,
                main_process_mask_s=0.0, worker_mask_s=r["mask_s"], targets_s=r["targets_s"],
+               peak_memory_bytes=memory, **{k: v for k, v in r.items() if k not in ("step_s", "mask_s", "targets_s")})
+
+
+def mae_step_row(ctx: Context) -> dict:
+    """One MAE ViT-B step (90 % masked, the reference decoder) on `step_batch` clips with loader-made masks."""
+    s = ctx.sizes
+    torch.manual_seed(0)
+    task = build_task(MAE_MODEL, (s.frames, s.crop, s.crop), "mae", **s.mae_arch).to(ctx.device)
+    r = measure_step(task, s.step_batch, ctx.device, dtype=ctx.dtype, warmup=2, repeats=s.repeats,
+                     deadline=ctx.deadline)
+    memory = r.get("max_allocated_bytes") or r["rss_peak_bytes"]
+    notes = [f"peak memory {memory / 2**30:.2f} GiB ({'allocated' if 'max_allocated_bytes' in r else 'RSS'})",
+             f"pixel targets {r['targets_s'] * 1e3:.1f} ms = {100 * r['targets_s'] / r['step_s']:.1f} % of the step",
+             f"{task.masker.keep} of {math.prod(task.patch_grid)} tokens through the encoder"]
+    arch = "".join(f", {k}={v}" for k, v in s.mae_arch.items())
+    return row("MAE step", f"{s.step_batch}×3×{s.frames}×{s.crop}², {ctx.dtype}, AdamW{arch}", time_s=r["step_s"],
+               work=s.step_batch, unit="clips/s", ctx=ctx, notes=notes, targets_s=r["targets_s"],
                peak_memory_bytes=memory, **{k: v for k, v in r.items() if k not in ("step_s", "mask_s", "targets_s")})
 
 
@@ -383,6 +406,7 @@ def main(argv=None) -> int:
         (["HOG targets"], lambda: hog_row(ctx), {}),
         (loader_names(ctx), lambda: loader_rows(ctx), {}),
         ([step_name(False)], lambda: step_row(ctx, compiled=False), {}),
+        (["MAE step"], lambda: mae_step_row(ctx), {}),
         ([step_name(True)], lambda: step_row(ctx, compiled=True), dict(skip=no_compile, needs_s=compile_s)),
         (model_names(True), lambda: model_rows(ctx, compiled=True), dict(skip=no_compile, needs_s=2 * compile_s)),
     ]
@@ -392,7 +416,7 @@ def main(argv=None) -> int:
     add_data_wait(rows, ctx)
     rows[CORES_ROW] = cores_row(rows, ctx)
 
-    order = model_names(False) + model_names(True) + [step_name(False), step_name(True), "HOG targets",
+    order = model_names(False) + model_names(True) + [step_name(False), step_name(True), "MAE step", "HOG targets",
                                                       *loader_names(ctx), CORES_ROW]
     info = header(ctx, peak_note, time.perf_counter() - start, args.budget)
     text = "\n".join([f"# GPU report ({'--small' if args.small else 'full sizes'})", "",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ["model fwd, ours", "model fwd, torchvision", "model fwd+bwd, ours", "model fwd+bwd, torchvision",
-        "MaskFeat step", "HOG targets", "loader, 1 worker"]
+        "MaskFeat step", "HOG targets", "loader, 1 worker", "MAE step"]
 
 
 def test_gpu_report_small_cpu(tmp_path):
@@ -36,6 +36,8 @@ def test_gpu_report_small_cpu(tmp_path):
         r = rows[name]
         for key in ("time_s", "tflops", "mfu", "flops"):
             assert math.isfinite(r[key]) and r[key] > 0, (name, key, r)
+    mae = rows["MAE step"]
+    assert mae["peak_memory_bytes"] > 0 and 0 < mae["targets_s"] < mae["time_s"] and mae["mfu"] > 0
     step = rows["MaskFeat step"]
     assert step["main_process_mask_s"] == 0
     assert step["worker_mask_s"] > 0 and 0 < step["targets_s"] < step["time_s"]

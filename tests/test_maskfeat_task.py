@@ -70,7 +70,7 @@ def test_loss_decreases_on_a_fixed_batch():
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0], losses
     assert set(report) == {"loss_hog", "loss_pixel", "mask_fraction", "trivial_mean_hog", "trivial_visible_hog",
-                           "trivial_mean_pixel", "trivial_visible_pixel"}
+                           "trivial_mean_pixel", "trivial_visible_pixel", "trivial_zero_pixel"}
 
 
 def test_mask_token_gets_gradient_and_masking_changes_the_encoding():

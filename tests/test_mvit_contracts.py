@@ -10,7 +10,8 @@ def tiny(name, **kw):
     """The variant's structure (image/video, class token, widening mode, head) at toy width."""
     cfg = mvit.get_config(name)
     size = (4, 64, 64) if cfg.video else (64, 64)  # last stage still 2×2, so every rel-pos table matters
-    over = dict(depths=(1, 2, 1, 1), embed_dim=8 * cfg.num_heads, input_size=size, num_classes=5)
+    depths = (2,) if len(cfg.depths) == 1 else (1, 2, 1, 1)  # ViTs: one stage
+    over = dict(depths=depths, embed_dim=8 * cfg.num_heads, input_size=size, num_classes=5)
     over.update(kw)
     return mvit.create_model(name, **over)
 
