@@ -1,6 +1,6 @@
 """Runs the demo ladder over several seeds and writes it up (docs/demo and the README).
 
-    python scripts/demo_report.py                            # seeds 0 1 2 (about an hour on 2 CPU cores)
+    python scripts/demo_report.py                            # seeds 0 1 2 (the latest report: 40 min, the seeds side by side)
     python scripts/demo_report.py --seeds 0 --pretrain-args "train.steps=60" --finetune-args "train.steps=60"
     python scripts/demo_report.py --skip-runs                # only rewrite the report from runs/demo-report
 
@@ -565,12 +565,15 @@ def to_pil(img: torch.Tensor) -> Image.Image:
 @torch.no_grad()
 def predictions_picture(task, videos: torch.Tensor, ids: list[str]) -> Image.Image:
     """A row per clip, [masked input | HOG target | HOG prediction] from task.images, under
-    column labels; each row headed by the clip's id. videos (n, 3, T, H, W); masks from seed 0."""
+    column labels; each row headed by the clip's id. videos (n, 3, T, H, W); masks from seed 0.
+    Clips under 96 px wide are drawn at twice their size."""
     torch.manual_seed(0)
     rows = []
     for video in videos:
         pics = task.images({"video": video[None]})
         shown = to_pil(pics["mask/input"])
+        if shown.width < 96:  # small clips (the demo's 64 px) twice as large: room for the column labels
+            shown = shown.resize((shown.width * 2, shown.height * 2), Image.NEAREST)
         hog = to_pil(pics["hog/target_vs_prediction"])
         hog = hog.resize((round(hog.width * shown.height / hog.height), shown.height), Image.NEAREST)
         rows.append((shown, hog))

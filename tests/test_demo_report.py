@@ -304,11 +304,11 @@ def test_predictions_picture_layout_and_reproducible(tiny_task):
     first = report.predictions_picture(tiny_task, videos, ["clip-a", "clip-b"])
     torch.manual_seed(456)  # another global state: the picture must not depend on it
     second = report.predictions_picture(tiny_task, videos, ["clip-a", "clip-b"])
-    # per clip: a label line, then [input 64 | target 64 | prediction 64] x 2 temporal tokens of 64 rows
-    assert first.size == (64 + 4 + 128, report.LINE + 4 + 2 * (report.LINE + 128 + 4))
+    # per clip: a label line, then [input | target | prediction] x 2 temporal tokens, 64 px clips drawn at 128
+    assert first.size == (128 + 4 + 256, report.LINE + 4 + 2 * (report.LINE + 256 + 4))
     assert first.tobytes() == second.tobytes()
     y = report.LINE + 4 + report.LINE  # the first clip's pictures
-    hog = first.crop((68, y, 68 + 128, y + 128))
+    hog = first.crop((132, y, 132 + 256, y + 256))
     assert len(hog.getcolors(1 << 16)) > 10  # glyphs, not a blank
 
 
