@@ -71,6 +71,7 @@ def test_maskfeat_pretraining_beats_the_trivial_predictors(shards, tmp_path):
         pred = task.heads["hog"](task.forward_encoder(video, units))
         loss = ((pred - target) ** 2).mean(-1)[masked].mean().item()
         trivial = {k: v.item() for k, v in task.trivial_losses(target, masked).items()}
+    print("MaskFeat held-out masked loss", loss, trivial)
     assert loss <= 0.8 * trivial["mean"] and loss <= 0.8 * trivial["visible"], (loss, trivial)
     # the run's own log says the same about its training batches
     last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]

@@ -201,3 +201,15 @@ def test_mask_unit_that_does_not_tile_is_one_line(tmp_path):
     r = run([f"train.output_dir={tmp_path / 'run'}", *TINY, "mask.unit=[1,3,3]"])
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "mask.unit [1, 3, 3] does not tile the patch grid [2, 16, 16]" in r.stderr
+
+
+def test_a_log_file_gets_one_progress_line_per_log_window(shards, tmp_path):
+    """Output to a file (not a terminal): no progress-bar redraws, one line per log window."""
+    out = tmp_path / "run"
+    r = run([f"data.train={shards}", f"train.output_dir={out}", "train.steps=4", "train.warmup_steps=1",
+             "train.save_every=4", *TINY, "train.progress=true", "train.log_every=2", "train.image_every=0"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "\r" not in r.stderr  # tqdm redraws with carriage returns
+    lines = [line for line in r.stderr.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["2/4", "4/4"], r.stderr[-2000:]
+    assert all(" loss " in line and " clips/s " in line for line in lines)

@@ -114,9 +114,11 @@ def synthetic_frames(label: str, *, frames: int, size: tuple[int, int], seed: in
     """Yield the frames of one video of class `label`, each (H, W, 3) uint8.
 
     background: "texture" (gratings and blobs, panning), "plain" (one flat colour per
-    video, still camera; the shape is larger and contrasts with it) or "stripes" (still
+    video, still camera; the shape is larger and contrasts with it), "stripes" (still
     camera; two gratings of different orientations split by a line, behind a larger shape
-    filled with a grating of its own).
+    filled with a grating of its own) or "scene" (still camera; a recoloured crop of a
+    photograph scikit-image ships, behind a flat shape a third to half of the frame high,
+    dark on a bright scene or bright on a dark one: the demo's videos).
     """
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
