@@ -156,6 +156,13 @@ def decode_only_loader(urls: str, frames: int, stride: int):
     return iter(DataLoader(dataset, batch_size=None))
 
 
+def write_sources(args, folder: Path) -> list:
+    """The benchmark's synthetic source videos (x264's long default GOP, grain) -> [(path, label)]."""
+    height, width = (int(v) for v in args.size.lower().split("x"))
+    return write_synthetic_videos(folder, args.videos, frames=int(args.seconds * args.fps), size=(height, width),
+                                  fps=args.fps, gop=None, noise=args.noise, crf=args.source_crf)
+
+
 def main_vs_raw(args) -> int:
     """The loader vs plain PyAV decoding, long-GOP sources vs re-encoded shards."""
     torch.set_num_threads(1)
@@ -164,9 +171,7 @@ def main_vs_raw(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         t0 = time.time()
-        sources = write_synthetic_videos(work / "sources", args.videos, frames=int(args.seconds * args.fps),
-                                         size=(height, width), fps=args.fps, gop=None, noise=args.noise,
-                                         crf=args.source_crf)
+        sources = write_sources(args, work / "sources")
         reenc = write_shards(sources, work / "reencoded", name="train", max_count=4, short_side=min(height, width),
                              gop=16, workers=2)
         copy = write_shards(sources, work / "copy", name="train", max_count=4, reencode=False, workers=2)
@@ -370,9 +375,7 @@ def main_recipes(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         t0 = time.time()
-        sources = write_synthetic_videos(work / "sources", args.videos, frames=int(args.seconds * args.fps),
-                                         size=(height, width), fps=args.fps, gop=None, noise=args.noise,
-                                         crf=args.source_crf)
+        sources = write_sources(args, work / "sources")
         urls, kbits = {}, {}
         for kind, options in SHARD_KINDS.items():
             m = write_shards(sources, work / kind.replace(" ", "_"), name="train", max_count=4, gop=16,
