@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -98,6 +99,32 @@ def _one_line(e: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key and key not in msg else msg
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """'did not find expected ',' or ']' (line 1, column 10)' from a YAML parser error."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}{where}"
+
+
+def _load_layer(layer: str | list[str]):
+    """A config file (path) or the key=value overrides (list) -> an OmegaConf node; a file that
+    is missing or a value that is not YAML is a one-line ConfigError naming it."""
+    if isinstance(layer, str):
+        if not Path(layer).is_file():
+            raise ConfigError(f"config file not found: {layer}")
+        try:
+            return OmegaConf.load(layer)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{layer} is not valid YAML: {_yaml_problem(e)}") from None
+    for item in layer:  # one at a time: the error names the override that does not parse
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{item!r}: the value is not valid YAML: {_yaml_problem(e)} "
+                              "(quote the whole key=value for the shell)") from None
+    return OmegaConf.from_dotlist(layer)
+
+
 def parse_config(schema, argv: list[str] | None = None, *, prog: str = "run.py", doc: str = ""):
     """-> an instance of the dataclass `schema` (a typed OmegaConf object, attribute access)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -121,12 +148,7 @@ def parse_config(schema, argv: list[str] | None = None, *, prog: str = "run.py",
     try:
         layers = []
         for layer in [*files, dotlist]:
-            if isinstance(layer, str):
-                if not Path(layer).is_file():
-                    raise ConfigError(f"config file not found: {layer}")
-                layer = OmegaConf.load(layer)
-            else:
-                layer = OmegaConf.from_dotlist(layer)
+            layer = _load_layer(layer)
             missing = OmegaConf.missing_keys(layer)
             # merging ??? keeps the default underneath, so track the holes ourselves
             required = (required | missing) - (_leaf_keys(layer) - missing)

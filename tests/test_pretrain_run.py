@@ -144,6 +144,17 @@ def test_bad_config_key_is_one_line(tmp_path):
     assert r.returncode == 2 and "train.steps" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_value_that_is_not_yaml_is_one_line(tmp_path):
+    """An override or a config file that YAML cannot parse names itself, in one line."""
+    r = run(["model.arch={depths: [4"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "'model.arch={depths: [4'" in r.stderr and "not valid YAML" in r.stderr
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("optim:\n  lr: [1e-3\n")
+    r = run(["--config", str(bad)])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and f"{bad} is not valid YAML" in r.stderr
+
+
 def test_help_lists_options():
     r = run(["--help"])
     assert r.returncode == 0
