@@ -19,6 +19,7 @@ External files are read with `torch.load(weights_only=True)`; ours with safetens
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -80,7 +81,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             obj = load_file(path, device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # mae_st's and VideoMAE's save_model store the run's argparse.Namespace next to the weights
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a checkpoint"
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {msg})") from None
@@ -181,7 +184,9 @@ def _from_videomae(sd):
     (LayerNorm after mean pooling: our `norm` in fc_norm models) and `head`. Attention has a bias-free
     `qkv` plus `q_bias` / `v_bias`: the k bias is zero (a k bias shifts every logit of a query equally, so
     softmax ignores it; zero is exact). The encoder's own `norm` of a pretraining file is not used by
-    VideoMAE's finetuning (its fc_norm starts fresh): dropped. The sinusoid table is not in the files."""
+    VideoMAE's finetuning (its fc_norm starts fresh): named `videomae_encoder_norm.*` here, dropped by a
+    finetune model and loaded as `norm` by an MAE encoder (`_place_videomae_encoder_norm`). The sinusoid
+    table is not in the files."""
     pretraining = "encoder_to_decoder.weight" in sd
     out = {}
     for k, v in sd.items():
@@ -262,6 +267,18 @@ def generation(keys) -> str | None:
     return "v1" if abs_pos and not rel_pos else "v2" if rel_pos and not abs_pos else None
 
 
+def _place_videomae_encoder_norm(sd: dict, model: nn.Module) -> dict:
+    """A VideoMAE pretraining encoder's `norm` runs on every token after the blocks, which is where a model
+    without fc_norm has its final norm (our MAE encoder form, pretraining="mae"): it loads there. A model
+    with fc_norm (the finetune form) keeps it dropped: that norm is VideoMAE's fc_norm, which its finetuning
+    starts fresh (run_class_finetuning.py loads the encoder non-strict into a model whose `norm` is Identity)."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or cfg.fc_norm or not cfg.final_norm:
+        return sd
+    return {("norm." + k[len("videomae_encoder_norm."):] if k.startswith("videomae_encoder_norm.") else k): v
+            for k, v in sd.items()}
+
+
 def _check_vit_variant(sd: dict, fmt: str, model: nn.Module, where: str) -> None:
     """VideoMAE's ViT (no class token, fixed sinusoid positions) and SlowFast / mae_st's (class token,
     learned separate position tables) are different models: say which one a checkpoint needs."""
@@ -308,6 +325,8 @@ def load_pretrained(
     report = LoadReport(fmt)
     target = model.state_dict()
     _check_vit_variant(sd, fmt, model, where)
+    if fmt == "videomae":
+        sd = _place_videomae_encoder_norm(sd, model)
     src_gen, model_gen = generation(sd), generation(target)
     if strict and src_gen and model_gen and src_gen != model_gen:
         raise CheckpointError(f"{where} ({fmt}) is an {GENERATIONS[src_gen]} checkpoint, but the model is "

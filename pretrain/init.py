@@ -72,16 +72,17 @@ def _split_mae_st(sd: dict[str, torch.Tensor]) -> tuple[dict, dict, list[str]]:
     """mae_st (facebookresearch/mae_st models_mae.py): the encoder at the top (separate attn.q / k / v, joined
     by mvit.load_pretrained); decoder_embed, mask_token, decoder_blocks.i (separate q / k / v: joined here),
     decoder_norm + decoder_pred (our heads.pixel), separate decoder position tables (loaded as they are
-    into a decoder with sep_pos, else summed into its one table). Left out: decoder_cls_token (mae_st drops the encoder's class
-    token after its norm and starts the decoder with a token of its own; ours keeps the encoder's, as
-    SlowFast does). mae_st's targets are frames linspace(0, 15, 8) (the last is 15); ours are frames ::2
-    (the last is 14, SlowFast's): a continued pretraining learns that one frame's shift."""
+    into a decoder with sep_pos, else summed into its one table), decoder_cls_token (mae_st drops the
+    encoder's class token after its norm and starts the decoder with a token of its own): into a decoder
+    with cls_token (`decoder.cls_token=true`), else left out (ours then keeps the encoder's, as SlowFast
+    does). mae_st's targets are frames linspace(0, 15, 8) (the last is 15); ours are frames ::2 (the last
+    is 14, SlowFast's): a continued pretraining learns that one frame's shift."""
     encoder, rest, left = {}, {}, []
     sep = {}
     for k, v in sd.items():
         if k.startswith("decoder_blocks."):
             rest["decoder.blocks." + k[len("decoder_blocks."):]] = v
-        elif k.startswith(("decoder_embed.", "mask_token")):
+        elif k.startswith(("decoder_embed.", "mask_token", "decoder_cls_token")):
             rest[f"decoder.{k}"] = v
         elif k.startswith("decoder_norm."):
             rest["heads.pixel.0." + k[len("decoder_norm."):]] = v

@@ -38,20 +38,28 @@ ENCODER_MODES = ("mask_token", "drop")
 
 class MAEDecoder(nn.Module):
     """MAE's decoder (SlowFast `_mae_forward_decoder` + the blocks of `MSSeparateHead`): decoder_embed,
-    mask tokens appended and unshuffled, the encoder's class token kept in front, one learned
-    decoder_pos_embed, `depth` plain ViT blocks of width `dim` (heads = dim // 64 in the reference).
+    mask tokens appended and unshuffled, the encoder's class token kept in front (or, with cls_token, the
+    decoder's own: mae_st), one learned decoder_pos_embed, `depth` plain ViT blocks of width `dim` (heads =
+    dim // 64 in the reference).
     The final LayerNorm and the Linear are the task's per-target heads."""
 
     def __init__(self, encoder: MViT, grid: tuple[int, int, int], dim: int = 512, depth: int = 4, heads: int = 8,
-                 sep_pos: bool = False):
+                 sep_pos: bool = False, cls_token: bool = False):
         """grid: the patch token grid (t, h, w). sep_pos: separate spatial / temporal / class tables
         (SlowFast DECODER_SEP_POS_EMBED, mae_st's default) instead of one (t·h·w + prefix) table: every
-        frame then shares the spatial part, so a mask token finds the same place in other frames early."""
+        frame then shares the spatial part, so a mask token finds the same place in other frames early.
+        cls_token: the decoder starts with a class token of its own (`decoder_cls_token`, zeros at init)
+        in place of the encoder's (mae_st models_mae.py, which drops the encoder's after its norm)."""
         super().__init__()
         self.prefix = encoder.num_prefix_tokens
         self.grid = tuple(grid)
         self.decoder_embed = nn.Linear(encoder.num_features, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.decoder_cls_token = None
+        if cls_token:
+            if not self.prefix:
+                raise ValueError("decoder cls_token replaces the encoder's class token: the encoder has none")
+            self.decoder_cls_token = nn.Parameter(torch.zeros(1, self.prefix, dim))
         t, h, w = grid
         if sep_pos:
             self.dec_pos_embed_spatial = nn.Parameter(torch.zeros(1, h * w, dim))
@@ -85,13 +93,16 @@ class MAEDecoder(nn.Module):
     def forward(self, latent: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
         """latent (B, prefix + K, D) encoder tokens, visible ones in shuffled order; restore (B, N) the
         position of each token in [visible..., masked...] -> (B, prefix + N, dim) in grid order."""
-        x = self.decoder_embed(latent)  # (B, prefix + K, dim)
         B, N = restore.shape
         p = self.prefix
+        x = self.decoder_embed(latent)  # (B, prefix + K, dim)
+        front = x[:, :p]
+        if self.decoder_cls_token is not None:  # mae_st: the decoder's own class token, not the encoder's
+            front = self.decoder_cls_token.to(x.dtype).expand(B, -1, -1)  # (B, prefix, dim)
         fill = self.mask_token.to(x.dtype).expand(B, N - (x.shape[1] - p), -1)  # (B, N - K, dim)
         x_ = torch.cat([x[:, p:], fill], 1)  # (B, N, dim), shuffled order
         x_ = x_.gather(1, restore[..., None].expand(-1, -1, x_.shape[-1]))  # unshuffle -> grid order
-        x = torch.cat([x[:, :p], x_], 1) + self.pos_table()  # (B, prefix + N, dim)
+        x = torch.cat([front, x_], 1) + self.pos_table()  # (B, prefix + N, dim)
         for blk in self.blocks:
             x, _ = blk(x, (N,))
         return x
@@ -110,7 +121,7 @@ class MaskedModeling(nn.Module):
                  mask_ratio: float = 0.4, mask_mode: str = "cube", mask_unit: tuple[int, int, int] = (1, 8, 8),
                  targets: tuple[str, ...] = ("hog",), hog_nbins: int = 9, hog_cell: int = 8,
                  visible_weight: float = 0.0, decoder_dim: int = 512, decoder_depth: int = 4,
-                 decoder_heads: int = 8, decoder_sep_pos: bool = False):
+                 decoder_heads: int = 8, decoder_sep_pos: bool = False, decoder_cls_token: bool = False):
         super().__init__()
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder mode must be one of {ENCODER_MODES}, not {encoder_mode!r}")
@@ -131,7 +142,7 @@ class MaskedModeling(nn.Module):
             self.mask_grid = self.patch_grid
             self.masker = TokenMaskGenerator(self.patch_grid, mask_ratio, mask_mode)
             self.decoder = MAEDecoder(encoder, self.patch_grid, decoder_dim, decoder_depth, decoder_heads,
-                                      decoder_sep_pos)
+                                      decoder_sep_pos, decoder_cls_token)
             D = decoder_dim
         else:
             if encoder.mask_token is None:
@@ -277,7 +288,8 @@ class MaskedModeling(nn.Module):
     def no_weight_decay(self) -> set[str]:
         names = {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
         if self.decoder is not None:
-            names |= {f"decoder.{n}" for n, _ in self.decoder.named_parameters() if "pos_embed" in n or n == "mask_token"}
+            names |= {f"decoder.{n}" for n, _ in self.decoder.named_parameters()
+                      if "pos_embed" in n or n in ("mask_token", "decoder_cls_token")}
         return names
 
     # ------------------------------------------------------------------ pictures

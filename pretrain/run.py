@@ -77,6 +77,9 @@ class DecoderConfig:
     sep_pos: bool = field(default=False, metadata={
         "help": "separate spatial / temporal / class position tables (SlowFast DECODER_SEP_POS_EMBED); "
                 "false: one table (the reference recipes)"})
+    cls_token: bool = field(default=False, metadata={
+        "help": "the decoder's own class token in place of the encoder's (mae_st's decoder_cls_token: set it to "
+                "continue a mae_st pretraining exactly); false: the encoder's (SlowFast)"})
 
 
 # task -> the masked-modeling task's encoder axis (pretrain/maskfeat.py): MaskFeat sends mask tokens through
@@ -132,7 +135,7 @@ def build_task(cfg: PretrainConfig) -> MaskedModeling:
                               mask_mode=cfg.mask.mode, mask_unit=tuple(cfg.mask.unit), targets=tuple(cfg.mask.targets),
                               visible_weight=cfg.mask.visible_weight, decoder_dim=cfg.decoder.dim,
                               decoder_depth=cfg.decoder.depth, decoder_heads=cfg.decoder.heads,
-                              decoder_sep_pos=cfg.decoder.sep_pos)
+                              decoder_sep_pos=cfg.decoder.sep_pos, decoder_cls_token=cfg.decoder.cls_token)
     except ValueError as e:  # a model / mask / target setting that does not fit the task
         raise RunError(str(e)) from None
 

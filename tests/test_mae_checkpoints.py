@@ -26,10 +26,10 @@ def randomized(module, seed):
     return module.eval()
 
 
-def mae_task(seed):
+def mae_task(seed, **kw):
     encoder = mvit.create_model("vit_b_16x4", pretraining="mae", **ARCH)
     return randomized(MaskedModeling(encoder, SIZE, encoder_mode="drop", mask_ratio=0.5, mask_mode="random",
-                                     targets=("pixel",), decoder_dim=16, decoder_depth=1, decoder_heads=2), seed)
+                                     targets=("pixel",), decoder_dim=16, decoder_depth=1, decoder_heads=2, **kw), seed)
 
 
 def predictions(task):
@@ -65,7 +65,8 @@ def mae_st_pretraining_state(task):
             dec.decoder_pos_embed[:, 1:] = (grid[:, :, :1] + grid[:, :1] - grid[:, :1, :1]).reshape(1, t * hw, D)
         table, grid = dec.decoder_pos_embed.detach(), dec.decoder_pos_embed.detach()[:, 1:].reshape(1, t, hw, D)
     state = {**enc, "decoder_embed.weight": dec.decoder_embed.weight, "decoder_embed.bias": dec.decoder_embed.bias,
-             "mask_token": dec.mask_token, "decoder_cls_token": torch.zeros(1, 1, D),
+             "mask_token": dec.mask_token,
+             "decoder_cls_token": torch.zeros(1, 1, D) if dec.decoder_cls_token is None else dec.decoder_cls_token,
              "decoder_pos_embed_spatial": grid[:, 0], "decoder_pos_embed_temporal": (grid[:, :, 0] - grid[:, 0, :1]),
              "decoder_pos_embed_class": table[:, :1],
              **split_qkv("decoder_", {f"blocks.{k[len('blocks.'):]}": v for k, v in dec.state_dict().items()
@@ -97,7 +98,8 @@ def test_mae_st_pth_continues_pretraining_exactly(tmp_path, wrapper):
     state = mae_st_pretraining_state(src)
     torch.save({wrapper: state, "epoch": 1}, tmp_path / "mae_pretrain_vit_b_k400.pth")
     report = load_pretraining_init(dst, str(tmp_path / "mae_pretrain_vit_b_k400.pth"))
-    assert report.dropped == ["decoder_cls_token"] and not report.missing and not report.unexpected, report.summary()
+    assert report.dropped == ["decoder.decoder_cls_token"] and not report.missing and not report.unexpected, \
+        report.summary()
     torch.testing.assert_close(predictions(dst), predictions(src), rtol=1e-6, atol=1e-6)
 
 
@@ -152,7 +154,7 @@ def test_videomae_pretraining_pth_gives_the_encoder(tmp_path):
     decoder.*, encoder_to_decoder (no bias), mask_token: the decoder differs from ours and is dropped."""
     src = videomae_model(0)
     enc = {f"encoder.{k}": v for k, v in videomae_finetune_state(src).items() if not k.startswith(("head.", "fc_"))}
-    enc.update({"encoder.norm.weight": torch.ones(32), "encoder.norm.bias": torch.zeros(32),
+    enc.update({"encoder.norm.weight": torch.full((32,), 2.0), "encoder.norm.bias": torch.zeros(32),
                 "encoder_to_decoder.weight": torch.zeros(16, 32), "mask_token": torch.zeros(1, 1, 16),
                 "decoder.head.weight": torch.zeros(1536, 16), "decoder.norm.weight": torch.ones(16)})
     torch.save({"model": enc}, tmp_path / "videomae_pt.pth")
@@ -168,6 +170,9 @@ def test_videomae_pretraining_pth_gives_the_encoder(tmp_path):
                           decoder_dim=16, decoder_depth=1, decoder_heads=2)
     report = load_pretraining_init(task, str(tmp_path / "videomae_pt.pth"))
     assert any(k.startswith("decoder.") for k in report.missing) and not report.unexpected
+    # the MAE encoder's final norm is where VideoMAE's encoder norm sits (after the blocks, every token): loaded
+    assert "norm.weight" not in report.missing and "videomae_encoder_norm.weight" not in report.dropped
+    torch.testing.assert_close(task.encoder.norm.weight, torch.full((32,), 2.0), rtol=0, atol=0)
 
 
 def test_checkpoint_of_the_other_vit_variant_is_a_one_line_error(tmp_path):
@@ -188,6 +193,42 @@ def test_mae_st_separate_decoder_tables_load_as_they_are_into_a_sep_pos_decoder(
     dst = MaskedModeling(encoder, SIZE, encoder_mode="drop", mask_ratio=0.5, mask_mode="random", targets=("pixel",),
                          decoder_dim=16, decoder_depth=1, decoder_heads=2, decoder_sep_pos=True).eval()
     report = load_pretraining_init(dst, str(tmp_path / "mae_st.pth"))
-    assert report.dropped == ["decoder_cls_token"] and not report.missing, report.summary()
+    assert report.dropped == ["decoder.decoder_cls_token"] and not report.missing, report.summary()
     torch.testing.assert_close(dst.decoder.dec_pos_embed_spatial, state["decoder_pos_embed_spatial"])
     torch.testing.assert_close(predictions(dst), predictions(src), rtol=1e-6, atol=1e-6)
+
+
+def test_mae_st_decoder_class_token_loads_into_a_decoder_with_its_own(tmp_path):
+    """decoder.cls_token=true: mae_st's decoder_cls_token starts the decoder (the encoder's is not used), so a
+    continued pretraining predicts what the file's model predicts."""
+    src, dst = mae_task(0, decoder_cls_token=True), mae_task(1, decoder_cls_token=True)
+    torch.save({"model": mae_st_pretraining_state(src)}, tmp_path / "mae_st.pth")
+    report = load_pretraining_init(dst, str(tmp_path / "mae_st.pth"))
+    assert not report.dropped and not report.missing and not report.unexpected, report.summary()
+    torch.testing.assert_close(dst.decoder.decoder_cls_token, src.decoder.decoder_cls_token, rtol=0, atol=0)
+    torch.testing.assert_close(predictions(dst), predictions(src), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # and it is used (a constant shift would vanish in the blocks' LayerNorms)
+        src.decoder.decoder_cls_token.add_(torch.randn_like(src.decoder.decoder_cls_token))
+    assert (predictions(dst) - predictions(src)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("wrapper", ["model", "module"])
+def test_files_saved_by_the_reference_training_scripts_load(tmp_path, wrapper):
+    """mae_st util/misc.py and VideoMAE utils.py save_model write {'model', 'optimizer', 'epoch', 'scaler', 'args'}
+    with the run's argparse.Namespace; VideoMAE's DeepSpeed finetuning writes {'module', ...} in fp16."""
+    import argparse
+    model = videomae_model(0)
+    sd = videomae_finetune_state(model)
+    if wrapper == "module":
+        state = {"module": {k: v.half() for k, v in sd.items()}, "buffer_names": [], "optimizer": None,
+                 "ds_config": {"fp16": {"enabled": True}}, "ds_version": "0.5.8", "epoch": 29}
+    else:
+        opt = torch.optim.AdamW(model.parameters())
+        state = {"model": sd, "optimizer": opt.state_dict(), "epoch": 29, "scaler": {"scale": 65536.0},
+                 "args": argparse.Namespace(model="vit_base_patch16_224", batch_size=8, input_size=224)}
+    torch.save(state, tmp_path / "checkpoint-29.pth")
+    dst = videomae_model(1)
+    report = mvit.load_pretrained(dst, str(tmp_path / "checkpoint-29.pth"))
+    assert report.source_format == "videomae" and not report.missing, report.summary()
+    torch.testing.assert_close(dst.blocks[1].mlp.fc1.weight, sd["blocks.1.mlp.fc1.weight"].float(),
+                               rtol=0, atol=0 if wrapper == "model" else 1e-3)
