@@ -21,7 +21,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 if __package__ in (None, ""):  # `accelerate launch finetune/run.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # `accelerate launch finetune/run.py` runs this f
 import torch  # noqa: E402
 
 import mvit  # noqa: E402
+from mvit.checkpoint import read_safetensors_metadata  # noqa: E402
 from finetune import evaluate  # noqa: E402
 from finetune.classify import Classification  # noqa: E402
 from pretrain.init import no_init, report_init  # noqa: E402
@@ -77,8 +78,24 @@ class MixConfig:  # the demo trains without mixing; the recipes set the referenc
     label_smoothing: float = 0.1
 
 
+# task=mae: the finetune demo for the MAE demo's export (`pretrain/run.py task=mae`), under any --config
+# file and key=value: its ViT and its 96 px clips, the same labels and recipe as the MaskFeat demo
+MAE_DEMO = {
+    "model": {"name": "vit_demo_8x2"},
+    "data": {"crop": 96},
+    "init": "runs/pretrain-demo-mae/export/encoder.safetensors",
+    "train": {"output_dir": "runs/finetune-demo-mae"},
+}
+
+
 @dataclass
 class FinetuneConfig:
+    PRESET_KEY: ClassVar[str] = "task"
+    PRESETS: ClassVar[dict] = {"mae": MAE_DEMO}
+
+    task: str = field(default="maskfeat", metadata={
+        "help": "which pretraining demo the defaults finetune: maskfeat (its MViT export) or mae (the ViT export "
+                "of `pretrain/run.py task=mae`: MAE_DEMO sets model, clip size, init and output folder)"})
     init: Optional[str] = field(default="runs/pretrain-demo/export/encoder.safetensors",
                                 metadata={"help": "weights to start from; empty or 'none': from scratch"})
     allow_mismatch: bool = field(default=False, metadata={"help": "load what fits, report the rest, go on"})
@@ -104,6 +121,23 @@ class FinetuneConfig:
 # ----------------------------------------------------------------------------- building
 
 
+def check_export_model(path: Path, cfg: FinetuneConfig) -> None:
+    """One of our exports names the model it was saved from: another model.name is a one-line error
+    that says which settings fit it (allow_mismatch=true: go on and load what fits)."""
+    if path.suffix != ".safetensors" or cfg.allow_mismatch:
+        return
+    meta = read_safetensors_metadata(path)
+    name = meta.get("model_name")
+    if name is None or name == cfg.model.name:
+        return
+    size = json.loads(meta["mvit_config"]).get("input_size") if "mvit_config" in meta else None
+    crop = f" data.crop={size[-1]}" if size and size[-1] != cfg.data.crop else ""
+    stage = f" ({meta['stage']})" if "stage" in meta else ""
+    demo = " (the MAE demo: task=mae)" if name == MAE_DEMO["model"]["name"] else ""
+    raise RunError(f"init {path} is an export of {name}{stage}, but this run builds {cfg.model.name}: "
+                   f"set model.name={name}{crop}{demo}")
+
+
 def load_init(model, cfg: FinetuneConfig, accelerator) -> None:
     """Load cfg.init into the model; prints the report. Finetuning expects a new head and
     leftover pretraining keys; evaluation demands the complete classifier."""
@@ -120,6 +154,7 @@ def load_init(model, cfg: FinetuneConfig, accelerator) -> None:
         raise RunError(f"init: no such file {cfg.init}{hint}")
     else:
         source = str(path)
+        check_export_model(path, cfg)
     training = not (cfg.eval_only or cfg.frozen_eval)
     report = mvit.load_pretrained(model, source, allow_new_head=training or cfg.frozen_eval,
                                   allow_pretraining_keys=True, strict=not cfg.allow_mismatch, name=cfg.init)
