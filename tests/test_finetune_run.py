@@ -147,6 +147,32 @@ def test_mismatched_init_fails_with_one_line(data, tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_mae_export_needs_its_model_and_task_mae_brings_it(data, tmp_path):
+    """An MAE demo export (a ViT) given to the default (MViT) finetuning names the settings that fit it;
+    task=mae selects the ViT and finetunes from it."""
+    from finetune.run import FinetuneConfig
+    from pretrain.config import parse_config
+    cfg = parse_config(FinetuneConfig, ["task=mae"])
+    assert (cfg.model.name, cfg.data.crop, cfg.init) == ("vit_demo_8x2", 96,
+                                                         "runs/pretrain-demo-mae/export/encoder.safetensors")
+    assert parse_config(FinetuneConfig, ["task=mae", "data.crop=64"]).data.crop == 64  # overrides still win
+    vit = {"depths": (1,), "embed_dim": 32, "num_heads": 2}
+    export = tmp_path / "encoder.safetensors"
+    mvit.save_safetensors(mvit.create_model("vit_demo_8x2", pretraining="mae", input_size=(4, 64, 64), **vit),
+                          export, {"model_name": "vit_demo_8x2", "stage": "mae-pretraining"})
+    r = run([*data_args(data), f"init={export}", f"train.output_dir={tmp_path / 'x'}", *TINY, "train.steps=2"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert "is an export of vit_demo_8x2 (mae-pretraining), but this run builds mvitv2_demo_8x2_maskfeat: " \
+           "set model.name=vit_demo_8x2 (the MAE demo: task=mae)" in r.stderr
+    out = tmp_path / "ft"
+    r = run([*data_args(data), "task=mae", f"init={export}", f"train.output_dir={out}", *TINY,
+             "model.arch={depths: [1], embed_dim: 32, num_heads: 2}", "train.steps=2", "train.warmup_steps=1",
+             "val_every=0", "compare_scratch=false"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "init_report.json").read_text())
+    assert report["missing"] == ["head.weight", "head.bias"] and not report["dropped"], report
+
+
 def test_unlabeled_training_shards_are_a_one_line_error(data, tmp_path):
     from videodata import write_shards
     videos = sorted((data["root"] / "train").rglob("*.mp4"))[:2]
