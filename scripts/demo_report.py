@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "videos of (b), and gets 2x their steps")
     p.add_argument("--no-mae", action="store_true", help="leave MAE out: no MAE stage, row or picture")
     p.add_argument("--skip-runs", action="store_true", help="only read the existing run folders")
+    p.add_argument("--add-mae", action="store_true",
+                   help="keep each seed's MaskFeat runs (and their times, and the report's MaskFeat environment) and "
+                        "run the MAE stages only: MAE added to an existing MaskFeat report")
     p.add_argument("--reuse-pretraining", action="store_true",
                    help="keep each seed's finished pretraining runs, MaskFeat's and MAE's (and their times), and run "
                         "the other stages again")
@@ -228,14 +231,20 @@ def describe_environment(threads: str, pretrain_args: list[str], finetune_args: 
 
 def run_all(seeds: list[int], out: Path, pretrain_args: list[str], finetune_args: list[str],
             upper_args: list[str], reuse_pretraining: bool = False, *, mae: bool = True,
-            mae_pretrain_args: list[str] = ()) -> None:
+            mae_pretrain_args: list[str] = (), add_mae: bool = False) -> None:
     """Every stage for every seed (mae: MAE's too); their wall times go to OUT/seedS/seconds.json.
     reuse_pretraining: a seed with a pretraining export (MaskFeat's, MAE's or both) keeps each
     export there is and its time; its other stages are removed and run again (a new finetuning
-    recipe on the same pretrained encoders; a missing MAE pretraining is run)."""
+    recipe on the same pretrained encoders; a missing MAE pretraining is run).
+    add_mae: the seeds' MaskFeat runs stay as they are (their times and environment too); the
+    MAE stages run (again), and their environment is kept under environment.json's "mae"."""
     from videodata.demo import demo_urls
 
     stages = [*STAGES, *(MAE_STAGES if mae else ())]
+    if add_mae:
+        missing = [out / f"seed{s}" / "pretrain" for s in seeds if not (out / f"seed{s}" / "seconds.json").is_file()]
+        if missing or not (out / "environment.json").is_file():
+            raise RunError(f"--add-mae needs finished MaskFeat runs: no {missing[0] if missing else out / 'environment.json'}")
 
     def pretrained(seed: int) -> list[str]:
         """The pretraining stages of `stages` whose export the seed's folder has."""
@@ -243,7 +252,7 @@ def run_all(seeds: list[int], out: Path, pretrain_args: list[str], finetune_args
                 (out / f"seed{seed}" / stage / "export" / "encoder.safetensors").is_file()]
 
     taken = [out / f"seed{s}" for s in seeds if (out / f"seed{s}").exists()
-             and not (reuse_pretraining and pretrained(s))]
+             and not add_mae and not (reuse_pretraining and pretrained(s))]
     if taken:
         raise RunError(f"{taken[0]} exists: report on it with --skip-runs, or remove it to run again")
     # as a user runs the demo: `accelerate launch` picks the CPU threads unless the caller set them
@@ -252,11 +261,14 @@ def run_all(seeds: list[int], out: Path, pretrain_args: list[str], finetune_args
     out.mkdir(parents=True, exist_ok=True)
     environment = describe_environment(threads, pretrain_args, finetune_args, upper_args,
                                        mae_pretrain_args if mae else None)
+    if add_mae:  # the MaskFeat runs' environment stays the report's; MAE's is noted beside it
+        kept = json.loads((out / "environment.json").read_text())
+        environment = {**kept, "mae_pretrain_args": environment["mae_pretrain_args"], "mae": environment}
     (out / "environment.json").write_text(json.dumps(environment, indent=2))
     for seed in seeds:
         run, seconds, todo = out / f"seed{seed}", {}, stages
-        if reuse_pretraining and pretrained(seed):
-            kept = pretrained(seed)
+        if add_mae or (reuse_pretraining and pretrained(seed)):
+            kept = STAGES if add_mae else pretrained(seed)
             todo = [stage for stage in stages if stage not in kept]
             old = run / "seconds.json"  # the kept stages' times (and those of stages not run now, e.g. --no-mae)
             seconds = {k: v for k, v in json.loads(old.read_text()).items() if k not in todo} if old.is_file() else {}
@@ -441,7 +453,9 @@ def report_markdown(summary: dict, per_seed: bool = True) -> str:
                                                                "upper_args") if env.get(k))
     lines = [f"Measured {env['date']} at commit {env['commit']}; torch {env['torch']} on {env['device']}, "
              f"{env['cpus']} CPUs, OMP_NUM_THREADS={env['threads']} in the runs; seeds "
-             f"{', '.join(map(str, seeds))}" + (f"; {args}" if args else "") + ".", "",
+             f"{', '.join(map(str, seeds))}" + (f"; {args}" if args else "") + "." +
+             (f" The MAE stages were added {env['mae']['date']} at commit {env['mae']['commit']}, "
+              f"OMP_NUM_THREADS={env['mae']['threads']}." if "mae" in env else ""), "",
              f"| | mean ± std over {len(seeds)} seed{'s' * (len(seeds) > 1)} |", "|---|---|"]
     mae = "mae_top1" in summary["mean"]  # MAE's rows unless --no-mae
     labels = [(key, label.format(views=summary.get("views", "multi")), kind)
@@ -735,8 +749,10 @@ def main(argv: list[str] | None = None) -> int:
     pretrain_args, finetune_args = shlex.split(args.pretrain_args), shlex.split(args.finetune_args)
     mae_pretrain_args = shlex.split(args.mae_pretrain_args)
     if not args.skip_runs:
+        if args.add_mae and not mae:
+            raise RunError("--add-mae and --no-mae contradict each other")
         run_all(args.seeds, out, pretrain_args, finetune_args, shlex.split(args.upper_args), args.reuse_pretraining,
-                mae=mae, mae_pretrain_args=mae_pretrain_args)
+                mae=mae, mae_pretrain_args=mae_pretrain_args, add_mae=args.add_mae)
     runs = {s: read_seed(out / f"seed{s}", mae) for s in args.seeds}
 
     # the pretraining runs checked per seed: (folder, target, picture file)

@@ -659,3 +659,22 @@ def test_no_mae_runs_maskfeats_stages_and_leaves_maes_alone(tmp_path, fake_stage
     assert json.loads((run / "seconds.json").read_text()) == {
         "pretrain": 123.0, "pretrain_mae": 45.0, "probe_mae": 6.0, **{stage: 1.0 for stage in report.STAGES[1:]}}
     assert (run / "probe_mae").is_dir()
+
+
+def test_add_mae_runs_the_mae_stages_and_keeps_the_maskfeat_runs(runs, tmp_path, fake_stages, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(report.RunError, match="--add-mae needs finished MaskFeat runs"):
+        report.run_all([0], out, [], [], [], add_mae=True)
+    maskfeat = {stage: 10.0 + i for i, stage in enumerate(report.STAGES)}
+    run = pretrained_seed(out, ("pretrain", "pretrain_mae"), {**maskfeat, "pretrain_mae": 45.0})
+    (out / "environment.json").write_text(json.dumps({**ENV, "commit": "old1234"}))
+    report.run_all([0], out, [], [], [], mae_pretrain_args=["train.steps=5"], add_mae=True)
+    assert fake_stages == list(report.MAE_STAGES)  # the MAE pretraining too: it is run again
+    assert json.loads((run / "seconds.json").read_text()) == {**maskfeat, **{s: 1.0 for s in report.MAE_STAGES}}
+    assert (run / "upper" / "old.txt").is_file() and not (run / "pretrain_mae").exists()
+    env = json.loads((out / "environment.json").read_text())
+    assert env["commit"] == "old1234" and env["mae_pretrain_args"] == ["train.steps=5"] and "commit" in env["mae"]
+    header = report.report_markdown({**summary_of(runs), "environment": env}).splitlines()[0]
+    assert "at commit old1234" in header and f"The MAE stages were added {env['mae']['date']}" in header
+    assert report.main(["--add-mae", "--no-mae", "--out", str(out), "--no-readme"]) == 2
+    assert capsys.readouterr().err == "error: --add-mae and --no-mae contradict each other\n"
