@@ -63,6 +63,10 @@ class MViTConfig:
     mask_token: bool = False  # learnable token for masked patches (MaskFeat pretraining)
     # VideoMAE: a fixed 1-D sinusoid table over the patch tokens (a buffer, not a parameter)
     sincos_pos: bool = False
+    # how the learned absolute position tables start: "trunc_normal" (std 0.02, the reference) or "sincos"
+    # (sin-cos values over the token grid, `sincos_grid_table`; still learned): a strong position signal
+    # from step 0, which a short MAE run needs to find the same place in other frames (docs/mae.md)
+    pos_init: str = "trunc_normal"
 
     def __post_init__(self):
         n = 3 if self.video else 2
@@ -77,6 +81,8 @@ class MViTConfig:
             raise ValueError("global_pool='token' needs cls_token=True")
         if self.sincos_pos and (self.abs_pos or self.cls_token):
             raise ValueError("sincos_pos (VideoMAE) replaces abs_pos and has no class token")
+        if self.pos_init not in POS_INITS:
+            raise ValueError(f"MViTConfig.pos_init must be one of {POS_INITS}, not {self.pos_init!r}")
 
     @property
     def plain(self) -> bool:
@@ -156,6 +162,36 @@ def sinusoid_table(n: int, dim: int) -> torch.Tensor:
     j = torch.arange(dim)
     angle = pos / torch.pow(10000.0, 2 * (j // 2) / dim).to(torch.float64)  # (n, dim)
     return torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
+
+
+POS_INITS = ("trunc_normal", "sincos")
+
+
+def sincos_grid_table(grid: tuple[int, ...], dim: int) -> torch.Tensor:
+    """(prod(grid), dim) sin-cos position table over a token grid, rows in grid order: timm's
+    `build_sincos2d_pos_embed` (the table of MAE, He et al.) for any number of axes. With f = dim //
+    (2·axes) frequencies ω_k = 10000^(-k / f), channels are [sin(p_a·ω_k) for each axis a, k; then
+    cos(...) the same]; a spare channel or two at the end stay 0. Each axis owns its own channels, so a
+    (t, h, w) table is the sum of a temporal and a spatial table: `split_sincos_table`."""
+    f = dim // (2 * len(grid))
+    if f == 0:
+        raise ValueError(f"a sin-cos table over {len(grid)} axes needs at least {2 * len(grid)} channels, not {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(f, dtype=torch.float64) / f)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in grid], indexing="ij"))
+    angle = coords.flatten(1).t()[..., None] * omega  # (N, axes, f)
+    table = torch.cat([angle.sin().flatten(1), angle.cos().flatten(1)], 1)  # (N, 2·axes·f)
+    return F.pad(table, (0, dim - table.shape[1])).float()
+
+
+def split_sincos_table(grid: tuple[int, int, int], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 3-D `sincos_grid_table` of (t, h, w) as separate tables: temporal (t, dim) and spatial
+    (h·w, dim), with temporal[t] + spatial[h·w] = the 3-D table's row (t, h, w)."""
+    t, h, w = grid
+    full = sincos_grid_table(grid, dim).view(t, h * w, dim)
+    f = dim // 6
+    channel = torch.arange(dim)
+    temporal_channels = (channel < 6 * f) & (channel % (3 * f) < f)  # sin and cos of axis 0
+    return full[:, 0] * temporal_channels, full[0] * ~temporal_channels
 
 
 def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -501,6 +537,23 @@ class MViT(nn.Module):
 
     # ------------------------------------------------------------------ init & interface
 
+    @torch.no_grad()
+    def _sincos_pos_init(self):
+        """cfg.pos_init="sincos": the learned position tables start as `sincos_grid_table` of the token
+        grid (separate video tables: its temporal and spatial parts); class rows start at 0."""
+        grid, D = self.cfg.patch_grid(self.cfg.input_size), self.cfg.embed_dim
+        if self.pos_embed_spatial is not None:
+            temporal, spatial = split_sincos_table(grid, D)
+            self.pos_embed_temporal.copy_(temporal[None])
+            self.pos_embed_spatial.copy_(spatial[None])
+            if self.pos_embed_class is not None:
+                self.pos_embed_class.zero_()
+        elif self.pos_embed is not None:
+            self.pos_embed.zero_()
+            self.pos_embed[0, self.num_prefix_tokens:] = sincos_grid_table(grid, D)
+        else:
+            raise ValueError("pos_init='sincos' needs learned absolute position tables (abs_pos)")
+
     def init_weights(self):
         """trunc_normal(0.02) for Linear / Conv weights and tokens; zero biases (timm / torchvision)."""
         for m in self.modules():
@@ -514,6 +567,8 @@ class MViT(nn.Module):
         for name, p in self.named_parameters():
             if "rel_pos" in name or "pos_embed" in name or name in ("cls_token", "mask_token"):
                 trunc_normal_(p, std=0.02)
+        if self.cfg.pos_init == "sincos":
+            self._sincos_pos_init()
         if isinstance(self.head, nn.Linear):
             with torch.no_grad():
                 self.head.weight.mul_(self.cfg.head_init_scale)

@@ -69,9 +69,10 @@ _CONFIGS: dict[str, MViTConfig] = {
                              **_VIT),
     "videomae_vit_b_16x4": MViTConfig(depths=(12,), embed_dim=768, num_heads=12, drop_path_rate=0.1, **_VIDEOMAE),
     "videomae_vit_l_16x4": MViTConfig(depths=(24,), embed_dim=1024, num_heads=16, drop_path_rate=0.2, **_VIDEOMAE),
-    # a 1.4M-parameter ViT for the CPU demo (8×96² clips: 4×6×6 = 144 tokens of 2×16×16 px)
+    # a 1.4M-parameter ViT for the CPU demo (8×96² clips: 4×6×6 = 144 tokens of 2×16×16 px); its position
+    # tables start as sin-cos tables: from the reference's 0.02 noise a short MAE run finds no place (docs/mae.md)
     "vit_demo_8x2": MViTConfig(depths=(6,), embed_dim=128, num_heads=4, input_size=(8, 96, 96), num_classes=12,
-                               **_VIT),
+                               pos_init="sincos", **_VIT),
     # a 1.7M-parameter MaskFeat MViTv2 for the CPU demo (8×64² clips)
     "mvitv2_demo_8x2_maskfeat": MViTConfig(depths=(1, 2, 3, 1), embed_dim=32, input_size=(8, 64, 64),
                                            num_classes=12, **_MASKFEAT),

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mvit import MViT
-from mvit.model import MultiScaleBlock
+from mvit.model import POS_INITS, MultiScaleBlock, sincos_grid_table, split_sincos_table
 
 from .hog import HOGLayer, hog_targets, pixel_targets
 from .masking import CubeMaskGenerator, TokenMaskGenerator, upsample_mask
@@ -44,12 +44,14 @@ class MAEDecoder(nn.Module):
     The final LayerNorm and the Linear are the task's per-target heads."""
 
     def __init__(self, encoder: MViT, grid: tuple[int, int, int], dim: int = 512, depth: int = 4, heads: int = 8,
-                 sep_pos: bool = False, cls_token: bool = False):
+                 sep_pos: bool = False, cls_token: bool = False, pos_init: str = "trunc_normal"):
         """grid: the patch token grid (t, h, w). sep_pos: separate spatial / temporal / class tables
         (SlowFast DECODER_SEP_POS_EMBED, mae_st's default) instead of one (t·h·w + prefix) table: every
         frame then shares the spatial part, so a mask token finds the same place in other frames early.
         cls_token: the decoder starts with a class token of its own (`decoder_cls_token`, zeros at init)
-        in place of the encoder's (mae_st models_mae.py, which drops the encoder's after its norm)."""
+        in place of the encoder's (mae_st models_mae.py, which drops the encoder's after its norm).
+        pos_init: "trunc_normal" (std 0.02, the reference) or "sincos" (the tables start as the grid's
+        sin-cos table, class rows 0; `mvit.model.sincos_grid_table`)."""
         super().__init__()
         self.prefix = encoder.num_prefix_tokens
         self.grid = tuple(grid)
@@ -82,6 +84,18 @@ class MAEDecoder(nn.Module):
         for name, p in self.named_parameters():
             if "pos_embed" in name or name == "mask_token":
                 nn.init.trunc_normal_(p, std=0.02)
+        if pos_init not in POS_INITS:
+            raise ValueError(f"decoder pos_init must be one of {POS_INITS}, not {pos_init!r}")
+        if pos_init == "sincos":
+            with torch.no_grad():
+                if sep_pos:
+                    temporal, spatial = split_sincos_table(self.grid, dim)
+                    self.dec_pos_embed_temporal.copy_(temporal[None])
+                    self.dec_pos_embed_spatial.copy_(spatial[None])
+                    self.dec_pos_embed_class.zero_()
+                else:
+                    self.decoder_pos_embed.zero_()
+                    self.decoder_pos_embed[0, self.prefix:] = sincos_grid_table(self.grid, dim)
 
     def pos_table(self) -> torch.Tensor:
         """(1, prefix + t·h·w, dim): the decoder's position embedding in (class, t, h, w) order."""
@@ -121,7 +135,8 @@ class MaskedModeling(nn.Module):
                  mask_ratio: float = 0.4, mask_mode: str = "cube", mask_unit: tuple[int, int, int] = (1, 8, 8),
                  targets: tuple[str, ...] = ("hog",), hog_nbins: int = 9, hog_cell: int = 8,
                  visible_weight: float = 0.0, decoder_dim: int = 512, decoder_depth: int = 4,
-                 decoder_heads: int = 8, decoder_sep_pos: bool = False, decoder_cls_token: bool = False):
+                 decoder_heads: int = 8, decoder_sep_pos: bool = False, decoder_cls_token: bool = False,
+                 decoder_pos_init: str = "trunc_normal"):
         super().__init__()
         if encoder_mode not in ENCODER_MODES:
             raise ValueError(f"encoder mode must be one of {ENCODER_MODES}, not {encoder_mode!r}")
@@ -142,7 +157,7 @@ class MaskedModeling(nn.Module):
             self.mask_grid = self.patch_grid
             self.masker = TokenMaskGenerator(self.patch_grid, mask_ratio, mask_mode)
             self.decoder = MAEDecoder(encoder, self.patch_grid, decoder_dim, decoder_depth, decoder_heads,
-                                      decoder_sep_pos, decoder_cls_token)
+                                      decoder_sep_pos, decoder_cls_token, decoder_pos_init)
             D = decoder_dim
         else:
             if encoder.mask_token is None:

@@ -137,3 +137,46 @@ def test_vit_recipes_load_through_the_entry_points_and_build_their_models(stage,
         assert arch.global_pool == "avg" and arch.fc_norm and arch.head_init_scale == 0.001
         assert (cfg.mix.mixup, cfg.mix.cutmix, cfg.data.erase_prob) == (0.8, 1.0, 0.25)
         assert cfg.data.rand_augment.startswith("rand-m7")
+
+
+# ----------------------------------------------------------------------------- pos_init="sincos"
+
+
+@pytest.mark.parametrize("shape, dim", [((6, 6), 128), ((14, 14), 768), ((3, 5), 64)])
+def test_sincos_grid_table_is_timms_2d_table(shape, dim):
+    from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+
+    from mvit.model import sincos_grid_table
+    torch.testing.assert_close(sincos_grid_table(shape, dim), build_sincos2d_pos_embed(list(shape), dim),
+                               atol=1e-6, rtol=0)
+
+
+def test_split_sincos_table_sums_to_the_3d_table_on_disjoint_channels():
+    from mvit.model import sincos_grid_table, split_sincos_table
+    temporal, spatial = split_sincos_table((4, 6, 6), 128)
+    full = sincos_grid_table((4, 6, 6), 128).view(4, 36, 128)
+    torch.testing.assert_close(temporal[:, None] + spatial[None], full, atol=0, rtol=0)
+    assert not ((temporal != 0).any(0) & (spatial != 0).any(0)).any()  # each channel is one axis's
+    assert len({tuple(r.tolist()) for r in full.flatten(0, 1)}) == 4 * 36  # every token its own row
+
+
+def test_sincos_pos_init_starts_the_tables_from_the_grid_and_the_reference_stays_trunc_normal():
+    from mvit.model import split_sincos_table
+    from pretrain.maskfeat import MaskedModeling
+    demo = mvit.create_model("vit_demo_8x2", pretraining="mae")  # the demo ViT: pos_init="sincos"
+    temporal, spatial = split_sincos_table((4, 6, 6), 128)
+    assert torch.equal(demo.pos_embed_temporal[0], temporal) and torch.equal(demo.pos_embed_spatial[0], spatial)
+    assert not demo.pos_embed_class.any() and demo.pos_embed_spatial.requires_grad  # learned from there
+    torch.manual_seed(0)
+    reference = mvit.create_model("vit_b_16x4", depths=(1,), pretraining="mae")
+    assert reference.cfg.pos_init == "trunc_normal" and 0.015 < reference.pos_embed_spatial.std() < 0.025
+    task = MaskedModeling(demo, (8, 96, 96), encoder_mode="drop", mask_ratio=0.75, mask_mode="random",
+                          targets=("pixel",), decoder_dim=96, decoder_depth=1, decoder_heads=4,
+                          decoder_pos_init="sincos")
+    from mvit.model import sincos_grid_table
+    table = task.decoder.decoder_pos_embed[0]
+    assert not table[0].any() and torch.equal(table[1:], sincos_grid_table((4, 6, 6), 96))
+    with pytest.raises(ValueError, match="pos_init must be one of"):
+        mvit.create_model("vit_demo_8x2", pos_init="sin")
+    with pytest.raises(ValueError, match="needs learned absolute position tables"):
+        mvit.create_model("mvitv2_demo_8x2_maskfeat", pos_init="sincos")
