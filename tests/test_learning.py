@@ -5,15 +5,14 @@ learn, measured against predictors that need no learning.
   0.8x the loss of both trivial predictors, computed here on the same clips and masks: the
   mean target vector, and the mean target of the clip's visible tokens (the best
   context-free guess).
-- MAE (`task=mae`): the held-out masked-token loss of per-patch normalized pixels is at most 0.8x the
-  zero predictor's (0 is the mean of every normalized patch) and of the batch-mean predictor, and at most
-  0.98x the clip's visible-patch mean.
-  The issue asks for 0.8x of both; on these clips the visible mean is strong (0.77, zero 1.0): copying
-  each masked patch from the same place in another frame would reach 0.62x of it at mask 0.75, and
-  300-step runs reached 0.94-0.95x (see docs/mae.md). The bound here is 0.98x until a recipe beats 0.8x.
+- MAE (`task=mae`): the masked-token loss of per-patch normalized pixels on central clips with fresh
+  masks is at most 0.8x that of each trivial predictor: zero (the mean of every normalized patch), the
+  batch mean, and the clip's visible-patch mean (strong on the demo's videos: a clip's colour cast
+  survives the normalization). Demo videos (a flat shape over a still photograph).
 - Classification: a from-scratch finetune fits its own training clips (>= 90 % top-1).
 
-The data is the demo's kind of video (a striped shape moving over still gratings), tiny.
+The MaskFeat and finetuning data is an older kind of demo video (a striped shape moving over still
+gratings), tiny.
 With the old demo recipe (lr 4e-3 per 32 clips) the same model collapsed to the mean
 predictor (token-constant outputs) within ~40 steps, in our loop and in a plain one.
 """
@@ -29,15 +28,20 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
+def write_learning_shards(root: Path, videos: int, seed: int, background: str) -> str:
+    """`videos` synthetic 24-frame 96x128 videos of one background kind, in two labelled shards."""
     from videodata import write_shards, write_synthetic_videos
     from videodata.synthetic import LABELS
-    root = tmp_path_factory.mktemp("learn_data")
-    videos = write_synthetic_videos(root / "videos", 12, frames=24, size=(96, 128), seed=5, background="stripes")
-    manifest = write_shards(videos, root / "shards", name="train", max_count=6, short_side=96,
+    made = write_synthetic_videos(root / "videos", videos, frames=24, size=(96, 128), seed=seed,
+                                  background=background)
+    manifest = write_shards(made, root / "shards", name="train", max_count=videos // 2, short_side=96,
                             classes=sorted(LABELS))
     return str(root / "shards" / manifest["url_pattern"])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_learning_shards(tmp_path_factory.mktemp("learn_data"), 12, seed=5, background="stripes")
 
 
 def run(stage: str, args: list[str]):
@@ -84,20 +88,25 @@ def test_maskfeat_pretraining_beats_the_trivial_predictors(shards, tmp_path):
     assert last["train/loss_hog"] < min(last["train/trivial_mean_hog"], last["train/trivial_visible_hog"])
 
 
-def test_mae_pretraining_beats_the_trivial_predictors(shards, tmp_path):
+@pytest.fixture(scope="module")
+def scene_shards(tmp_path_factory):
+    """The demo's kind of video (videodata/demo.py): a flat shape crossing a still photograph."""
+    return write_learning_shards(tmp_path_factory.mktemp("scene_data"), 24, seed=7, background="scene")
+
+
+def test_mae_pretraining_beats_the_trivial_predictors(scene_shards, tmp_path):
+    """The MAE demo recipe (task=mae: sin-cos position tables at the start, mask 0.75) with a smaller ViT
+    and decoder, on demo videos, shortened for CI: 1000 steps of 16 clips at a constant lr 4e-3 (the
+    copy of a still background from another frame is learned late: with the preset's cosine decay at 8
+    clips, 1000 steps reached 0.85-0.88x the visible mean; docs/mae.md)."""
     out = tmp_path / "mae"
-    run("pretrain", ["task=mae", f"data.train={shards}", f"train.output_dir={out}", "train.steps=300",
-                     "train.warmup_steps=20", "optim.lr=4e-3", "model.arch={depths: [4], embed_dim: 64}",
+    run("pretrain", ["task=mae", f"data.train={scene_shards}", f"train.output_dir={out}", "train.steps=1000",
+                     "train.batch_size=16", "optim.min_lr=4e-3", "model.arch={depths: [4], embed_dim: 64}",
                      "decoder.dim=64", "decoder.depth=1", "decoder.heads=2", "train.progress=false",
-                     "train.image_every=0", "train.save_every=300", "data.num_workers=1"])
-    loss, trivial = heldout_masked_loss(out, shards, "pixel", with_zero=True)
+                     "train.image_every=0", "train.save_every=1000", "data.num_workers=1"])
+    loss, trivial = heldout_masked_loss(out, scene_shards, "pixel", with_zero=True)
     print("MAE held-out masked loss", loss, trivial)
-    assert loss <= 0.8 * trivial["zero"] and loss <= 0.8 * trivial["mean"], (loss, trivial)
-    # measured 0.945x and 0.95x of it after 300 steps (0.93x after 450). A model that sees nothing can only
-    # learn the mean patch: an encoder fed blank clips reached 0.97x zero, so the first assert fails. This bound
-    # is loose: a decoder that never puts the mask tokens back in place still reached 0.958x (that break is
-    # caught by tests/test_mae_task.py and the SlowFast exactness test, not here)
-    assert loss <= 0.98 * trivial["visible"], (loss, trivial)
+    assert loss <= 0.8 * min(trivial["zero"], trivial["mean"], trivial["visible"]), (loss, trivial)
 
 
 def test_finetune_from_scratch_fits_its_training_clips(shards, tmp_path):
