@@ -156,9 +156,15 @@ def decode_only_loader(urls: str, frames: int, stride: int):
     return iter(DataLoader(dataset, batch_size=None))
 
 
+def frame_size(args) -> tuple[int, int]:
+    """--size HxW -> (height, width)."""
+    height, width = (int(v) for v in args.size.lower().split("x"))
+    return height, width
+
+
 def write_sources(args, folder: Path) -> list:
     """The benchmark's synthetic source videos (x264's long default GOP, grain) -> [(path, label)]."""
-    height, width = (int(v) for v in args.size.lower().split("x"))
+    height, width = frame_size(args)
     return write_synthetic_videos(folder, args.videos, frames=int(args.seconds * args.fps), size=(height, width),
                                   fps=args.fps, gop=None, noise=args.noise, crf=args.source_crf)
 
@@ -166,7 +172,7 @@ def write_sources(args, folder: Path) -> list:
 def main_vs_raw(args) -> int:
     """The loader vs plain PyAV decoding, long-GOP sources vs re-encoded shards."""
     torch.set_num_threads(1)
-    height, width = (int(v) for v in args.size.lower().split("x"))
+    height, width = frame_size(args)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
@@ -371,7 +377,7 @@ def decoding(skip_unused: bool):
 
 def main_recipes(args) -> int:
     torch.set_num_threads(1)
-    height, width = (int(v) for v in args.size.lower().split("x"))
+    height, width = frame_size(args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         t0 = time.time()

@@ -108,6 +108,15 @@ def largest(a, b):
     return (a - b).abs().max().item()
 
 
+def assert_same_logits(ref, ours, video_shape, what: str) -> None:
+    """Their model and ours on one random clip: logits that vary (std > 0.1) and agree within 1e-5."""
+    video = torch.randn(*video_shape)
+    with torch.no_grad():
+        want, got = ref(video), ours(video)
+    print(f"max |ours - {what}| logits: {largest(got, want):.1e} (logits up to {want.abs().max():.1f})")
+    assert want.std() > 0.1 and largest(got, want) < 1e-5
+
+
 # ----------------------------------------------------------------------------- VideoMAE
 
 
@@ -133,11 +142,7 @@ def test_videomae_finetuned_model_gives_its_logits(videomae, tmp_path, saved_by)
                              input_size=(4, 32, 32)).eval()
     report = mvit.load_pretrained(ours, str(path))
     assert report.source_format == "videomae" and not report.missing and not report.dropped, report.summary()
-    video = torch.randn(3, 3, 4, 32, 32)
-    with torch.no_grad():
-        want, got = ref(video), ours(video)
-    print(f"max |ours - VideoMAE| logits ({saved_by}): {largest(got, want):.1e}")
-    assert want.std() > 0.1 and largest(got, want) < 1e-5
+    assert_same_logits(ref, ours, (3, 3, 4, 32, 32), f"VideoMAE ({saved_by})")
 
 
 def videomae_pretraining_file(pretrain, tmp_path, seed=1):
@@ -193,12 +198,7 @@ def test_videomae_pretraining_file_finetunes_as_videomae_does(videomae, tmp_path
         ref.head.bias.normal_()
     ours.norm.load_state_dict(ref.fc_norm.state_dict())
     ours.head.load_state_dict(ref.head.state_dict())
-    video = torch.randn(2, 3, 16, 64, 64)
-    with torch.no_grad():
-        want, got = ref(video), ours(video)
-    print(f"max |ours - VideoMAE| logits after loading its pretraining file: {largest(got, want):.1e} "
-          f"(logits up to {want.abs().max():.1f})")
-    assert want.std() > 0.1 and largest(got, want) < 1e-5
+    assert_same_logits(ref, ours, (2, 3, 16, 64, 64), "VideoMAE after loading its pretraining file")
 
 
 # ----------------------------------------------------------------------------- mae_st
@@ -226,11 +226,7 @@ def test_mae_st_finetuned_model_gives_its_logits(mae_st, tmp_path):
     ours = ours_vit(32, num_classes=5).eval()
     report = mvit.load_pretrained(ours, path)
     assert not report.missing and not report.dropped, report.summary()
-    video = torch.randn(3, 3, 4, 32, 32)
-    with torch.no_grad():
-        want, got = ref(video), ours(video)
-    print(f"max |ours - mae_st| logits: {largest(got, want):.1e}")
-    assert want.std() > 0.1 and largest(got, want) < 1e-5
+    assert_same_logits(ref, ours, (3, 3, 4, 32, 32), "mae_st")
 
 
 def mae_st_pretraining_model(models_mae, seed):
@@ -376,9 +372,4 @@ def test_mae_st_pretraining_file_finetunes_as_mae_st_does(mae_st, tmp_path):
     with torch.no_grad():  # a head of unit weights, so that the logits are not small
         ref.head.weight.normal_()
     ours.head.load_state_dict(ref.head.state_dict())
-    video = torch.randn(2, 3, 4, 64, 64)
-    with torch.no_grad():
-        want, got = ref(video), ours(video)
-    print(f"max |ours - mae_st| logits after loading its pretraining file: {largest(got, want):.1e} "
-          f"(logits up to {want.abs().max():.1f})")
-    assert want.std() > 0.1 and largest(got, want) < 1e-5
+    assert_same_logits(ref, ours, (2, 3, 4, 64, 64), "mae_st after loading its pretraining file")
